@@ -1,0 +1,1 @@
+"""Measurements: Prometheus queries and HTTP probes. No decisions are made here."""
