@@ -216,7 +216,8 @@ class Decider:
         reading = obs.revision
         assert reading.id is not None
         change = reading.change
-        if svc.intent is not None and svc.intent.to_version == reading.id:
+        rolling_to = svc.intent or svc.verification
+        if rolling_to is not None and rolling_to.to_version == reading.id:
             change = "rollback"
         if svc.history:
             svc.history[-1].until = ctx.now
