@@ -70,8 +70,9 @@ def _check_config(path: Path, settings: Settings) -> list[Problem]:
         line = _line_of(tree, ("services", index, "selector")) if tree else None
         selectors[service.name] = settings.selector_of(service)
         try:
-            plan_groups({service.name: selectors[service.name]},
-                        service_label=settings.service_label)
+            plan_groups(
+                {service.name: selectors[service.name]}, service_label=settings.service_label
+            )
         except SelectorError as exc:
             problems.append(Problem(str(path), line, f"selector of '{service.name}': {exc}"))
     if not problems:
@@ -113,8 +114,9 @@ def _check_rules(rules: list[LoadedRule]) -> list[Problem]:
             try:
                 check_template(text)
             except TemplateError as exc:
-                problems.append(Problem(loaded.path, loaded.line,
-                                        f"rule '{loaded.rule.name}' {what}: {exc}"))
+                problems.append(
+                    Problem(loaded.path, loaded.line, f"rule '{loaded.rule.name}' {what}: {exc}")
+                )
     return problems
 
 
@@ -122,11 +124,17 @@ def prometheus_client(settings: Settings) -> PrometheusClient:
     headers: dict[str, str] = {}
     prom = settings.prometheus
     if prom.bearer_token_env or prom.bearer_token_file:
-        token = read_secret(env=prom.bearer_token_env, file=prom.bearer_token_file,
-                            what="prometheus bearer token")
+        token = read_secret(
+            env=prom.bearer_token_env, file=prom.bearer_token_file, what="prometheus bearer token"
+        )
         headers["Authorization"] = f"Bearer {token}"
-    return PrometheusClient(prom.url, timeout=prom.timeout, retries=prom.retries,
-                            backoff=prom.retry_backoff, headers=headers)
+    return PrometheusClient(
+        prom.url,
+        timeout=prom.timeout,
+        retries=prom.retries,
+        backoff=prom.retry_backoff,
+        headers=headers,
+    )
 
 
 def log_notifier(recorder: Recorder) -> Callable[[Notification], None]:
@@ -134,11 +142,20 @@ def log_notifier(recorder: Recorder) -> Callable[[Notification], None]:
 
     def send(n: Notification) -> None:
         recorder.event(
-            "notification", service=n.service, channel="log", stage=n.stage,
-            severity=n.severity, incident=n.incident, summary=n.summary,
-            resolve=n.resolve, outcome="delivered",
-            **{k: v for k, v in n.fields.items() if k in ("rule", "command", "blocked_by",
-                                                          "revision", "rollback_to", "reason")},
+            "notification",
+            service=n.service,
+            channel="log",
+            stage=n.stage,
+            severity=n.severity,
+            incident=n.incident,
+            summary=n.summary,
+            resolve=n.resolve,
+            outcome="delivered",
+            **{
+                k: v
+                for k, v in n.fields.items()
+                if k in ("rule", "command", "blocked_by", "revision", "rollback_to", "reason")
+            },
         )
 
     return send
@@ -162,7 +179,14 @@ def build(
     store = SqliteStore(settings.state)
     metrics = Metrics(registry)
     daemon = Daemon(
-        settings, loaded.rules, targets=targets, prometheus=prometheus, store=store,
-        recorder=recorder, notify=log_notifier(recorder), metrics=metrics, clock=clock,
+        settings,
+        loaded.rules,
+        targets=targets,
+        prometheus=prometheus,
+        store=store,
+        recorder=recorder,
+        notify=log_notifier(recorder),
+        metrics=metrics,
+        clock=clock,
     )
     return daemon, recorder

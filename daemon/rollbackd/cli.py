@@ -21,8 +21,12 @@ from rollbackd.record import configure_logging
 
 def _config_option(func: click.decorators.FC) -> click.decorators.FC:
     return click.option(
-        "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-        default=None, help="Configuration file [default: $ROLLBACKD_CONFIG, then ./config.yaml]",
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Configuration file [default: $ROLLBACKD_CONFIG, then ./config.yaml]",
     )(func)
 
 
@@ -39,8 +43,12 @@ def main() -> None:
 
 @main.command()
 @_config_option
-@click.option("--mode", type=click.Choice(["shadow", "enforce"]), default=None,
-              help="Override the configured mode.")
+@click.option(
+    "--mode",
+    type=click.Choice(["shadow", "enforce"]),
+    default=None,
+    help="Override the configured mode.",
+)
 @click.option("--once", is_flag=True, help="Run one tick and exit.")
 def run(config_path: Path | None, mode: str | None, once: bool) -> None:
     """Run the daemon."""
@@ -68,15 +76,24 @@ def run(config_path: Path | None, mode: str | None, once: bool) -> None:
         endpoints = None
         if not once:
             try:
-                endpoints = Endpoints(loaded.settings.listen, healthy=daemon.healthy,
-                                      ready=daemon.ready, registry=daemon.metrics.registry)
+                endpoints = Endpoints(
+                    loaded.settings.listen,
+                    healthy=daemon.healthy,
+                    ready=daemon.ready,
+                    registry=daemon.metrics.registry,
+                )
             except OSError as exc:
                 click.echo(f"{path}: listen {loaded.settings.listen}: {exc.strerror}", err=True)
                 sys.exit(2)
             endpoints.start()
-        recorder.event("daemon_started", service="*", mode=daemon.mode,
-                       services=len(daemon.services), rules=len(daemon.rules),
-                       listen=loaded.settings.listen if endpoints else None)
+        recorder.event(
+            "daemon_started",
+            service="*",
+            mode=daemon.mode,
+            services=len(daemon.services),
+            rules=len(daemon.rules),
+            listen=loaded.settings.listen if endpoints else None,
+        )
         try:
             await daemon.run(stop, once=once)
         finally:
@@ -110,8 +127,12 @@ def check(config_path: Path | None) -> None:
 
 @main.command("test")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--prometheus", "prometheus_url", default=None,
-              help="Use this Prometheus instead of starting one.")
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    default=None,
+    help="Use this Prometheus instead of starting one.",
+)
 def test_cmd(files: tuple[Path, ...], prometheus_url: str | None) -> None:
     """Run rule unit tests on synthetic series."""
     try:
@@ -131,8 +152,13 @@ def test_cmd(files: tuple[Path, ...], prometheus_url: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--suggest", "suggest_rule", default=None, help="Sweep thresholds of a rule.")
 def backtest(
-    config_path: Path | None, start: str, end: str, step: str | None, plot_path: Path | None,
-    fmt: str, suggest_rule: str | None,
+    config_path: Path | None,
+    start: str,
+    end: str,
+    step: str | None,
+    plot_path: Path | None,
+    fmt: str,
+    suggest_rule: str | None,
 ) -> None:
     """Replay the rules over Prometheus history."""
     try:
@@ -141,13 +167,20 @@ def backtest(
         click.echo("rollbackd backtest is not available in this build", err=True)
         sys.exit(2)
     path = config_path or default_config_path()
-    sys.exit(run_backtest(path, start=start, end=end, step=step, plot=plot_path, fmt=fmt,
-                          suggest=suggest_rule))
+    sys.exit(
+        run_backtest(
+            path, start=start, end=end, step=step, plot=plot_path, fmt=fmt, suggest=suggest_rule
+        )
+    )
 
 
 @main.command()
-@click.option("--keep", type=click.Path(path_type=Path), default=None,
-              help="Keep the demo's files (events, state, report) in this folder.")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the demo's files (events, state, report) in this folder.",
+)
 def demo(keep: Path | None) -> None:
     """Run the whole loop on this machine: a service, a bad deploy, a rollback."""
     from rollbackd.demo import run_demo

@@ -158,11 +158,15 @@ def describe(e: dict[str, Any]) -> str:
         return f"{e['revision']} stayed healthy: it is now the last known good revision"
     if kind == "rule_state":
         value = _num(e.get("value"))
-        return f"rule {e['rule']}: {e['previous']} -> {e['state']} (value {value}, " \
-               f"threshold {_num(e.get('threshold'))})"
+        return (
+            f"rule {e['rule']}: {e['previous']} -> {e['state']} (value {value}, "
+            f"threshold {_num(e.get('threshold'))})"
+        )
     if kind == "decision":
-        return (f"decision: {e['rule']} ({e['impact']}, attributed: {e['attribution']}) -> "
-                f"{e['action']} {e.get('revision')} -> {e.get('rollback_to')}: {e['outcome']}")
+        return (
+            f"decision: {e['rule']} ({e['impact']}, attributed: {e['attribution']}) -> "
+            f"{e['action']} {e.get('revision')} -> {e.get('rollback_to')}: {e['outcome']}"
+        )
     if kind == "rollback_started":
         return f"rolling back {e['revision']} -> {e['rollback_to']} through the exec target"
     if kind == "rollback_finished":
@@ -180,9 +184,10 @@ def describe(e: dict[str, Any]) -> str:
 
 async def _story(folder: Path, narrator: Narrator) -> int:
     bad = Behaviour(error_ratio=0.3, latency=0.02)
-    with Fleet([SERVICE], bad_versions={"v2": bad}) as fleet, PrometheusServer(
-        [fleet.address]
-    ) as prom:
+    with (
+        Fleet([SERVICE], bad_versions={"v2": bad}) as fleet,
+        PrometheusServer([fleet.address]) as prom,
+    ):
         narrator.say(f"simulated {SERVICE} at {fleet.url}, Prometheus at {prom.url}")
         prom.wait_ready(timeout=20)
         await asyncio.to_thread(prom.wait_for, "rate(http_requests_total[10s]) > 0", 30)
@@ -211,11 +216,14 @@ async def _story(folder: Path, narrator: Narrator) -> int:
     ok = decision["outcome"] == "executed" and verification["outcome"] == "passed"
     click.echo("")
     click.echo("Summary")
-    click.echo(f"  bad deploy:    v1 -> v2 (30 % errors)")
-    click.echo(f"  detected by:   {decision['rule']} = {_num(decision['value'])} "
-               f"(threshold {_num(decision['threshold'])})")
-    click.echo(f"  decision:      {decision['action']} to {decision['rollback_to']}: "
-               f"{decision['outcome']}")
+    click.echo("  bad deploy:    v1 -> v2 (30 % errors)")
+    click.echo(
+        f"  detected by:   {decision['rule']} = {_num(decision['value'])} "
+        f"(threshold {_num(decision['threshold'])})"
+    )
+    click.echo(
+        f"  decision:      {decision['action']} to {decision['rollback_to']}: {decision['outcome']}"
+    )
     click.echo(f"  verification:  {verification['outcome']}")
     click.echo(f"  running now:   {running_now}")
     return 0 if ok and running_now == "v1" else 1

@@ -26,8 +26,9 @@ class Endpoints:
         handler = _handler(healthy, ready, registry)
         self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), handler)
         self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        name="rollbackd-endpoints")
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, daemon=True, name="rollbackd-endpoints"
+        )
 
     @property
     def address(self) -> str:

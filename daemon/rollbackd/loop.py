@@ -36,12 +36,13 @@ from rollbackd.decide import (
     RollbackOrder,
     TickContext,
 )
+from rollbackd.measure import measure
 from rollbackd.metrics import Metrics
 from rollbackd.notify.base import Notification
 from rollbackd.record import Recorder, utc_iso
-from rollbackd.rules import Group, Reading, plan_groups, readings_from, render
+from rollbackd.rules import Group, Reading, plan_groups, render
 from rollbackd.signals.probes import probe
-from rollbackd.signals.prometheus import PrometheusClient, PrometheusUnavailable, QueryError
+from rollbackd.signals.prometheus import PrometheusClient, QueryError
 from rollbackd.state import DaemonState, StateStore, from_document, to_document
 from rollbackd.targets.base import Target, TargetError
 
@@ -151,7 +152,7 @@ class Daemon:
         tasks = list(self._inflight.values())
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         if pending:
@@ -175,7 +176,8 @@ class Daemon:
         now = self.clock()
         leader = bool(self.leadership.is_leader)
         self.metrics.leader.set(1 if leader else 0)
-        ctx_paused = Path(self.settings.safety.pause_file).exists()
+        # One stat call per tick: cheap enough to keep the kill switch instant.
+        ctx_paused = Path(self.settings.safety.pause_file).exists()  # noqa: ASYNC240
 
         revisions, readings, probes = await asyncio.gather(
             self._read_revisions(), self._measure(), self._probe_all()
@@ -195,7 +197,10 @@ class Daemon:
                 rollback_hint=self._hint(name, revision),
             )
         ctx = TickContext(
-            now=now, mode=self.mode, paused=ctx_paused, leader=leader,
+            now=now,
+            mode=self.mode,
+            paused=ctx_paused,
+            leader=leader,
             prometheus_down=prometheus_down,
         )
         plan = self.decider.tick(self.state, observations, ctx)
@@ -211,8 +216,12 @@ class Daemon:
         self.last_tick_at = time.monotonic()
         self.metrics.ticks.inc()
         self.metrics.tick_duration.observe(self.last_tick_at - started)
-        log.debug("tick_finished", seconds=round(self.last_tick_at - started, 4),
-                  services=len(self.services), queries=self.prometheus.queries)
+        log.debug(
+            "tick_finished",
+            seconds=round(self.last_tick_at - started, 4),
+            services=len(self.services),
+            queries=self.prometheus.queries,
+        )
         return plan
 
     def apply(self, plan: Plan, *, now: float, leader: bool = True) -> None:
@@ -301,48 +310,15 @@ class Daemon:
 
     async def _measure(self) -> tuple[dict[str, dict[str, Reading]], bool]:
         """Every query rule for every group: one query (and its filter) per pair."""
-        jobs: list[tuple[str, Group]] = [
-            (rule.name, group) for rule in self.rules if rule.query for group in self.groups
-        ]
-        results = await asyncio.gather(*(self._measure_one(rule, group) for rule, group in jobs))
-        by_service: dict[str, dict[str, Reading]] = {}
-        unavailable = attempted = 0
-        for (rule_name, _group), (readings, failure) in zip(jobs, results, strict=True):
-            attempted += 1
-            if isinstance(failure, PrometheusUnavailable):
-                unavailable += 1
-            for service, reading in readings.items():
-                by_service.setdefault(service, {})[rule_name] = reading
+        result = await measure(self.prometheus, self.rules, self.groups)
+        for readings in result.readings.values():
+            for rule_name, reading in readings.items():
                 if reading.no_data is not None:
                     self.metrics.no_data.labels(rule_name, reading.no_data).inc()
-        down = attempted > 0 and unavailable == attempted
-        if attempted:
-            self.prometheus_up = not down
-            self.metrics.prometheus_up.set(0 if down else 1)
-        return by_service, down
-
-    async def _measure_one(
-        self, rule_name: str, group: Group
-    ) -> tuple[dict[str, Reading], QueryError | None]:
-        rule = next(r for r in self.rules if r.name == rule_name)
-        assert rule.query is not None
-        promql = render(rule.query, selector=group.selector, keys=group.keys)
-        try:
-            traffic: set[str] | None = None
-            if rule.min_traffic:
-                filt = render(rule.min_traffic, selector=group.selector, keys=group.keys)
-                passing = await self.prometheus.query(filt)
-                traffic = {s for s in (group.service_of(x.labels) for x in passing) if s}
-            series = await self.prometheus.query(promql)
-        except QueryError as exc:
-            log.warning("query_failed", rule=rule_name, reason=exc.reason,
-                        services=len(group.services))
-            return {s: Reading(no_data="error", detail=exc.reason) for s in group.services}, exc
-        readings = readings_from(group, ((s.labels, s.value) for s in series), traffic=traffic)
-        for service, reading in readings.items():
-            if reading.no_data is not None:
-                log.debug("no_data", service=service, rule=rule_name, reason=reading.no_data)
-        return readings, None
+        if result.attempted:
+            self.prometheus_up = not result.prometheus_down
+            self.metrics.prometheus_up.set(0 if result.prometheus_down else 1)
+        return result.readings, result.prometheus_down
 
     async def _probe_all(self) -> dict[str, bool | None]:
         async def one(name: str) -> tuple[str, bool | None]:
@@ -352,7 +328,9 @@ class Daemon:
             async with self._probe_limit:
                 try:
                     result = await probe(
-                        self.http, health.url, expect_status=health.expect_status,
+                        self.http,
+                        health.url,
+                        expect_status=health.expect_status,
                         timeout=health.timeout,
                     )
                 except Exception as exc:  # a crashed probe is no data, never a failure
@@ -378,7 +356,8 @@ class Daemon:
             for rule in self.rules:
                 status = svc.rules.get(rule.name)
                 if rule.query and (
-                    status is None or status.last_value_at is None
+                    status is None
+                    or status.last_value_at is None
                     or status.last_value_at < seen - fresh
                 ):
                     wanted.append((name, rule.name, seen))
@@ -409,32 +388,50 @@ class Daemon:
         target = self.targets[order.service]
         started = self.clock()
         self.recorder.event(
-            "rollback_started", service=order.service, rule=order.rule,
-            revision=order.from_version, rollback_to=order.to_version, mode=self.mode,
+            "rollback_started",
+            service=order.service,
+            rule=order.rule,
+            revision=order.from_version,
+            rollback_to=order.to_version,
+            mode=self.mode,
             target=target.kind,
         )
         incident = order.decision.get("incident") or f"{order.service}-{int(started)}"
-        self._send(Page("rollback_started", order.service, "critical",
-                        f"{order.service}: rolling back {order.from_version} -> "
-                        f"{order.to_version} ({order.rule})", incident,
-                        {**order.decision, "outcome": "in_progress"}, impact="high",
-                        action="rollback"), started)
+        self._send(
+            Page(
+                "rollback_started",
+                order.service,
+                "critical",
+                f"{order.service}: rolling back {order.from_version} -> "
+                f"{order.to_version} ({order.rule})",
+                incident,
+                {**order.decision, "outcome": "in_progress"},
+                impact="high",
+                action="rollback",
+            ),
+            started,
+        )
         error: str | None = None
         detail: dict[str, Any] = {}
         note = ""
         try:
             result = await target.rollback(
-                to_version=order.to_version, from_version=order.from_version,
-                reason={"rule": order.rule, "value": order.decision.get("value"),
-                        "at": utc_iso(started), "service": order.service,
-                        "to_image": self.state.service(order.service).images.get(
-                            order.to_version)},
+                to_version=order.to_version,
+                from_version=order.from_version,
+                reason={
+                    "rule": order.rule,
+                    "value": order.decision.get("value"),
+                    "at": utc_iso(started),
+                    "service": order.service,
+                    "to_image": self.state.service(order.service).images.get(order.to_version),
+                },
             )
             detail, note = dict(result.detail), result.note
         except TargetError as exc:
             error = exc.reason
-            log.warning("rollback_failed", service=order.service, reason=exc.reason,
-                        detail=exc.detail)
+            log.warning(
+                "rollback_failed", service=order.service, reason=exc.reason, detail=exc.detail
+            )
         except asyncio.CancelledError:
             # Shutdown mid-rollback: the intent stays on disk; the next start reports it.
             log.warning("rollback_abandoned", service=order.service)
@@ -444,23 +441,42 @@ class Daemon:
             log.error("rollback_crashed", service=order.service, error=repr(exc))
         finished = self.clock()
         self.recorder.event(
-            "rollback_finished", service=order.service, rule=order.rule,
-            revision=order.from_version, rollback_to=order.to_version,
+            "rollback_finished",
+            service=order.service,
+            rule=order.rule,
+            revision=order.from_version,
+            rollback_to=order.to_version,
             outcome="executed" if error is None else f"failed:{error}",
-            seconds=round(finished - started, 3), note=note, detail=detail,
+            seconds=round(finished - started, 3),
+            note=note,
+            detail=detail,
         )
         plan = Plan()
         if note:
             order.decision["note"] = note
         self.decider.rollback_done(
-            self.state, order, now=finished, mode=self.mode, error=error,
-            verify_timeout=self.settings.verify.timeout, plan=plan,
+            self.state,
+            order,
+            now=finished,
+            mode=self.mode,
+            error=error,
+            verify_timeout=self.settings.verify.timeout,
+            plan=plan,
         )
         if error is None:
-            self._send(Page("rollback_finished", order.service, "warning",
-                            f"{order.service}: rolled back to {order.to_version}; verifying",
-                            incident, {**order.decision, "outcome": "executed", "note": note},
-                            impact="high", action="rollback"), finished)
+            self._send(
+                Page(
+                    "rollback_finished",
+                    order.service,
+                    "warning",
+                    f"{order.service}: rolled back to {order.to_version}; verifying",
+                    incident,
+                    {**order.decision, "outcome": "executed", "note": note},
+                    impact="high",
+                    action="rollback",
+                ),
+                finished,
+            )
         self.apply(plan, now=finished)
         self.save()
 
@@ -468,20 +484,22 @@ class Daemon:
 
     async def _verify(self, now: float, plan: Plan) -> None:
         open_ = [
-            name for name, svc in self.state.services.items()
-            if svc.verification is not None and name not in self._inflight
-            and name in self.services
+            name
+            for name, svc in self.state.services.items()
+            if svc.verification is not None and name not in self._inflight and name in self.services
         ]
         results = await asyncio.gather(*(self._verify_one(name, now) for name in open_))
         for name, (passed, detail) in zip(open_, results, strict=True):
             ver = self.state.services[name].verification
             assert ver is not None
             if passed:
-                self.decider.verification_done(self.state, name, passed=True, now=now,
-                                               detail=detail, plan=plan)
+                self.decider.verification_done(
+                    self.state, name, passed=True, now=now, detail=detail, plan=plan
+                )
             elif now >= ver.deadline:
-                self.decider.verification_done(self.state, name, passed=False, now=now,
-                                               detail=detail, plan=plan)
+                self.decider.verification_done(
+                    self.state, name, passed=False, now=now, detail=detail, plan=plan
+                )
 
     async def _verify_one(self, name: str, now: float) -> tuple[bool, str]:
         svc = self.state.services[name]
@@ -494,9 +512,12 @@ class Daemon:
 
         async def check(entry: Any) -> None:
             if entry.http is not None:
-                result = await probe(self.http, entry.http.url,
-                                     expect_status=entry.http.expect_status,
-                                     timeout=entry.http.timeout)
+                result = await probe(
+                    self.http,
+                    entry.http.url,
+                    expect_status=entry.http.expect_status,
+                    timeout=entry.http.timeout,
+                )
                 if not result.ok:
                     failures.append(f"{entry.name}: {result.error or result.status}")
                 return
