@@ -119,6 +119,7 @@ class KubernetesTarget(Strict):
     context: str | None = None
     api_url: str | None = Field(None, description="API server URL overriding the kubeconfig.")
     rollout_timeout: Duration = Field(600.0, description="Longest wait for a rollout (s).")
+    request_timeout: Duration = Field(10.0, description="Longest one API call may take (s).")
 
 
 class CloudRunTarget(Strict):
@@ -257,6 +258,10 @@ ChannelConfig = Annotated[
     Field(discriminator="kind"),
 ]
 
+def _default_channels() -> list[ChannelConfig]:
+    return [LogChannel(kind="log")]
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -360,7 +365,7 @@ class Settings(BaseSettings):
     services: list[Service] = Field(default_factory=list)
     ha: HighAvailability | None = None
     safety: Safety = Field(default_factory=Safety)
-    notify: list[ChannelConfig] = Field(default_factory=lambda: [LogChannel(kind="log")])
+    notify: list[ChannelConfig] = Field(default_factory=_default_channels)
     verify: Verify = Field(default_factory=Verify)
     probe_concurrency: int = Field(64, ge=1, description="HTTP probes in flight at once.")
 

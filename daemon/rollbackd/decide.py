@@ -803,4 +803,5 @@ def _detail(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def _page_fields(decision: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in decision.items() if k != "service"}
+    """Decision facts for a page; service, impact and action travel as the page's own."""
+    return {k: v for k, v in decision.items() if k not in ("service", "impact", "action")}

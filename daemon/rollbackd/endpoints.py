@@ -33,7 +33,7 @@ class Endpoints:
     @property
     def address(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> Endpoints:
         self._thread.start()

@@ -382,7 +382,12 @@ class Daemon:
     def _start_rollback(self, order: RollbackOrder) -> None:
         task = asyncio.get_running_loop().create_task(self._rollback(order))
         self._inflight[order.service] = task
-        task.add_done_callback(lambda _t, name=order.service: self._inflight.pop(name, None))
+        name = order.service
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._inflight.pop(name, None)
+
+        task.add_done_callback(forget)
 
     async def _rollback(self, order: RollbackOrder) -> None:
         target = self.targets[order.service]

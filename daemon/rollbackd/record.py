@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import threading
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,13 +49,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _stamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _stamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.setdefault("ts", utc_iso())
     return event
 
 
-def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    cleaned: dict[str, Any] = redact(_clean(event))
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    cleaned: dict[str, Any] = redact(_clean(dict(event)))
     return cleaned
 
 
