@@ -107,9 +107,10 @@ class Daemon:
         self._verify_detail: dict[str, str] = {}
         self._limit = asyncio.Semaphore(32)
         self._probe_limit = asyncio.Semaphore(settings.probe_concurrency)
-        for name, svc in self.state.services.items():
-            for rule, status in svc.rules.items():
-                self.metrics.set_rule_state(name, rule, status.state)
+        for name in self.services:
+            svc = self.state.service(name)
+            for rule in self.rules:
+                self.metrics.set_rule_state(name, rule.name, svc.rule(rule.name).state)
 
     # ------------------------------------------------------------------ running
 
@@ -315,7 +316,10 @@ class Daemon:
             for rule_name, reading in readings.items():
                 if reading.no_data is not None:
                     self.metrics.no_data.labels(rule_name, reading.no_data).inc()
-        if result.attempted:
+        if not result.attempted:
+            # Only probe rules: there is no Prometheus to wait for.
+            self.prometheus_up = True
+        else:
             self.prometheus_up = not result.prometheus_down
             self.metrics.prometheus_up.set(0 if result.prometheus_down else 1)
         return result.readings, result.prometheus_down

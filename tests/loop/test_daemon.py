@@ -209,3 +209,38 @@ async def test_rollback_interrupted_by_a_crash_is_not_repeated(
     assert fleet.version("api") == "v2"
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert any(e.get("outcome") == "failed:interrupted" for e in audit)
+
+
+async def test_endpoints_report_liveness_readiness_and_metrics(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    """/healthz, /readyz and /metrics answer with the documented metric names."""
+    import httpx
+
+    from rollbackd.endpoints import Endpoints
+
+    clock = Clock()
+    daemon, recorder, _ = build(tmp_path, fleet, services=[exec_service(fleet, "api")], clock=clock)
+    endpoints = Endpoints(
+        "127.0.0.1:0", healthy=daemon.healthy, ready=daemon.ready, registry=daemon.metrics.registry
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=endpoints.address) as client:
+            assert (await client.get("/readyz")).status_code == 503
+            clock.now += 1
+            await daemon.tick()
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            text = (await client.get("/metrics")).text
+    finally:
+        endpoints.stop()
+        await daemon.aclose()
+        recorder.close()
+    for name in (
+        "rollbackd_ticks_total 1.0",
+        "rollbackd_tick_duration_seconds_count 1.0",
+        'rollbackd_rule_state{rule="health-failing",service="api",state="inactive"} 1.0',
+        "# TYPE rollbackd_decisions_total counter",
+        "# TYPE rollbackd_rollbacks_total counter",
+    ):
+        assert name in text, name
