@@ -190,6 +190,7 @@ class Decider:
         if reading.detail.get("image"):
             svc.images[reading.id] = str(reading.detail["image"])
 
+        self._remind_unserved(name, svc, reading, ctx, plan)
         if svc.revision is None:
             # The revision found at first start is not a change; it bakes like any other.
             svc.revision, svc.revision_since, svc.bake_since = reading.id, ctx.now, ctx.now
@@ -209,6 +210,42 @@ class Decider:
         elif reading.detail:
             svc.revision_detail = dict(reading.detail)
         svc.revision_seen_at = ctx.now
+
+    def _remind_unserved(
+        self,
+        name: str,
+        svc: ServiceState,
+        reading: RevisionReading,
+        ctx: TickContext,
+        plan: Plan,
+    ) -> None:
+        """A deploy that gets no traffic because a rollback pinned it: remind once."""
+        unserved = reading.detail.get("unserved_revision")
+        if not unserved or unserved == svc.reminded_unserved:
+            return
+        svc.reminded_unserved = str(unserved)
+        unpin = reading.detail.get("unpin_command", "")
+        plan.event(
+            "unserved_revision",
+            service=name,
+            revision=reading.id,
+            unserved=unserved,
+            unpin_command=unpin,
+        )
+        plan.pages.append(
+            self._page(
+                name,
+                svc,
+                "reminder",
+                "warning",
+                f"{name}: revision {unserved} was deployed but receives no traffic; traffic is "
+                f"pinned to {reading.id} since a rollback. To serve the latest: {unpin}",
+                ctx,
+                revision=reading.id,
+                unserved=unserved,
+                command=unpin,
+            )
+        )
 
     def _revision_changed(
         self, name: str, svc: ServiceState, obs: Observation, ctx: TickContext, plan: Plan

@@ -90,6 +90,7 @@ class ServiceState:
     blind_paged: bool = False
     revision_error_paged: bool = False
     images: dict[str, str] = field(default_factory=dict)  # revision -> image, when known
+    reminded_unserved: str | None = None  # a deploy left without traffic, reminded once
 
     def rule(self, name: str) -> RuleStatus:
         return self.rules.setdefault(name, RuleStatus())

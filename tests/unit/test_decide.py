@@ -469,3 +469,24 @@ def test_state_survives_a_round_trip_through_the_document() -> None:
     assert svc.rolled_back == ["v2"]
     assert svc.rule("errors").state == "firing"
     assert restored.rollbacks[0].outcome == "executed"
+
+
+def test_deploy_left_without_traffic_after_a_pin_is_reminded_once() -> None:
+    """A Cloud Run deploy that gets no traffic because of a pin pages once, with the fix."""
+    world = World().baked()
+    for _ in range(3):
+        world.now += INTERVAL
+        obs = Observation(
+            revision=RevisionReading(
+                "v1", detail={"unserved_revision": "v3", "unpin_command": "gcloud run ..."}
+            ),
+            readings={"errors": Reading(value=0.0)},
+        )
+        world.plans.append(
+            world.decider.tick(
+                world.state, {"api": obs}, TickContext(now=world.now, mode="enforce")
+            )
+        )
+    reminders = [p for plan in world.plans for p in plan.pages if p.stage == "reminder"]
+    assert len(reminders) == 1
+    assert reminders[0].fields["command"] == "gcloud run ..."
