@@ -27,7 +27,8 @@ from rollbackd.config import (
 )
 from rollbackd.loop import Daemon
 from rollbackd.metrics import Metrics
-from rollbackd.notify.base import Notification
+from rollbackd.notify.dispatch import Dispatcher
+from rollbackd.notify.outbox import Outbox
 from rollbackd.record import Recorder
 from rollbackd.rules import SelectorError, TemplateError, check_template, plan_groups
 from rollbackd.secrets import SecretError, read_secret
@@ -99,7 +100,7 @@ def _check_notify(path: Path, tree: Any, settings: Settings) -> list[Problem]:
         return problems
     for index, channel in enumerate(settings.notify):
         line = _line_of(tree, ("notify", index, "templates")) or _line_of(tree, ("notify", index))
-        for message in check_templates(channel, where=f"notify[{index}] ({channel.kind})"):
+        for message in check_templates(channel, where=""):
             problems.append(Problem(str(path), line, message))
     return problems
 
@@ -137,30 +138,6 @@ def prometheus_client(settings: Settings) -> PrometheusClient:
     )
 
 
-def log_notifier(recorder: Recorder) -> Callable[[Notification], None]:
-    """Pages written as ``notification`` events: the channel every daemon has."""
-
-    def send(n: Notification) -> None:
-        recorder.event(
-            "notification",
-            service=n.service,
-            channel="log",
-            stage=n.stage,
-            severity=n.severity,
-            incident=n.incident,
-            summary=n.summary,
-            resolve=n.resolve,
-            outcome="delivered",
-            **{
-                k: v
-                for k, v in n.fields.items()
-                if k in ("rule", "command", "blocked_by", "revision", "rollback_to", "reason")
-            },
-        )
-
-    return send
-
-
 def build(
     loaded: Loaded,
     *,
@@ -178,6 +155,10 @@ def build(
         raise ConfigError([Problem(str(loaded.path), None, str(exc))]) from exc
     store = SqliteStore(settings.state)
     metrics = Metrics(registry)
+    sink = _EventSink(recorder)
+    pager = Dispatcher(
+        settings.notify, outbox=Outbox(outbox_path(settings)), on_event=sink, clock=clock
+    )
     daemon = Daemon(
         settings,
         loaded.rules,
@@ -185,8 +166,34 @@ def build(
         prometheus=prometheus,
         store=store,
         recorder=recorder,
-        notify=log_notifier(recorder),
+        pager=pager,
         metrics=metrics,
         clock=clock,
     )
+    sink.daemon = daemon
     return daemon, recorder
+
+
+def outbox_path(settings: Settings) -> str:
+    """Undelivered messages live beside the state, or in the audit folder for shared state."""
+    if "://" in settings.state:
+        return str(Path(settings.audit_log).with_name("outbox.db"))
+    return settings.state
+
+
+class _EventSink:
+    """Delivery events go through the daemon, so they join their incident's timeline."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.daemon: Daemon | None = None
+
+    def __call__(self, event: str, /, **fields: Any) -> None:
+        if self.daemon is None:
+            self.recorder.event(event, **fields)
+            return
+        if event == "notification":
+            self.daemon.metrics.notifications.labels(
+                str(fields.get("channel")), str(fields.get("outcome"))
+            ).inc()
+        self.daemon.event(event, **fields)

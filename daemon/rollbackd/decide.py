@@ -106,6 +106,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     pages: list[Page] = field(default_factory=list)
     rollbacks: list[RollbackOrder] = field(default_factory=list)
+    closed: list[tuple[str, Incident]] = field(default_factory=list)  # resolved this tick
 
     def event(self, name: str, **fields: Any) -> None:
         self.events.append(Event(name, fields))
@@ -324,15 +325,6 @@ class Decider:
                 no_data=verdict.no_data,
                 revision=svc.revision,
             )
-            if transition.current in ("pending", "firing") and svc.incident is not None:
-                svc.incident.timeline.append(
-                    {
-                        "at": ctx.now,
-                        "what": f"{rule.name} {transition.current}",
-                        "value": verdict.value,
-                        "threshold": verdict.threshold,
-                    }
-                )
             if transition.current == "firing":
                 fired.append(rule)
                 self._open_incident(name, svc, rule, verdict, ctx)
@@ -345,18 +337,23 @@ class Decider:
             status = svc.rule(rule.name)
             began = status.active_since if status.active_since is not None else ctx.now
             svc.incident = Incident(id=f"{name}-{int(ctx.now)}", opened_at=ctx.now)
-            svc.incident.timeline.append({"at": began, "what": f"{rule.name} detected"})
+            # Times stay numbers here; the loop turns them into timestamps for reports.
+            svc.incident.timeline.append({"at": began, "event": "detected", "rule": rule.name})
         if rule.name not in svc.incident.rules:
             svc.incident.rules.append(rule.name)
-        svc.incident.timeline.append(
+        facts = svc.incident.facts
+        facts.setdefault("rules", []).append(
             {
-                "at": ctx.now,
-                "what": f"{rule.name} firing",
+                "rule": rule.name,
+                "impact": rule.impact,
                 "value": verdict.value,
                 "threshold": verdict.threshold,
                 "baseline": svc.rule(rule.name).baseline,
+                "condition": rule.condition,
             }
         )
+        facts.setdefault("revision", svc.revision)
+        facts.setdefault("last_known_good", svc.last_known_good)
 
     # ------------------------------------------------------------------ blindness
 
@@ -568,15 +565,15 @@ class Decider:
     ) -> None:
         plan.event("decision", **{**decision, "outcome": outcome})
         if svc.incident is not None:
-            svc.incident.timeline.append(
-                {
-                    "at": ctx.now,
-                    "what": f"decision: {decision['action']} {outcome}",
-                    "rule": decision["rule"],
-                }
-            )
+            facts = svc.incident.facts
             if outcome.startswith("blocked:"):
-                svc.incident.facts.setdefault("blocked", []).append(outcome.split(":", 1)[1])
+                facts.setdefault("guards", []).append(outcome.split(":", 1)[1])
+            # The report states the incident's main decision: a rollback over a page.
+            if decision["action"] == "rollback" or "action" not in facts:
+                for key in ("action", "attribution", "mode", "rollback_to", "command"):
+                    if decision.get(key) is not None:
+                        facts[key] = decision[key]
+                facts["outcome"] = outcome
 
     def _decision_page(
         self,
@@ -681,13 +678,9 @@ class Decider:
         )
         ctx = TickContext(now=now, mode=ver.mode)
         if svc.incident is not None:
-            svc.incident.timeline.append(
-                {
-                    "at": now,
-                    "what": f"verification {'passed' if passed else 'failed'}",
-                    "detail": detail,
-                }
-            )
+            svc.incident.facts["checks"] = [
+                {"name": "verification", "passed": passed, "detail": detail}
+            ]
         if passed:
             plan.pages.append(
                 self._page(
@@ -761,10 +754,14 @@ class Decider:
     # ------------------------------------------------------------------ bake, resolve
 
     def _bake(self, name: str, svc: ServiceState, ctx: TickContext, plan: Plan) -> None:
-        high_firing = any(
-            svc.rule(r.name).state == "firing" for r in self.rules if r.impact == "high"
+        # A pending high-impact rule is a breach on its way to firing: a revision in that
+        # state is not healthy, so the bake clock stops as it does for a firing rule.
+        high_breached = any(
+            svc.rule(r.name).state in ("pending", "firing")
+            for r in self.rules
+            if r.impact == "high"
         )
-        if svc.revision is None or high_firing or svc.blind_since is not None:
+        if svc.revision is None or high_breached or svc.blind_since is not None:
             svc.bake_since = None
             return
         if svc.bake_since is None:
@@ -791,7 +788,9 @@ class Decider:
         if any(s.state in ("firing", "pending") for s in svc.rules.values()):
             return
         incident = svc.incident
-        incident.timeline.append({"at": ctx.now, "what": "resolved"})
+        incident.timeline.append({"at": ctx.now, "event": "resolved"})
+        incident.facts["status"] = "resolved"
+        plan.closed.append((name, incident))
         plan.event(
             "incident_resolved",
             service=name,

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ from typing import Any
 import click
 
 from rollbackd import app
-from rollbackd.config import ConfigError
+from rollbackd.config import ConfigError, LogChannel
+from rollbackd.loop import Daemon
+from rollbackd.notify.base import Notification
+from rollbackd.notify.templates import render
 from rollbackd.promserver import PrometheusNotInstalled, PrometheusServer
 from rollbackd.record import configure_logging
 from rollbackd.sim import Behaviour, Fleet
@@ -173,8 +177,8 @@ def describe(e: dict[str, Any]) -> str:
         return f"rollback finished: {e['outcome']} in {e['seconds']:.1f}s"
     if kind == "verification":
         return f"verification {e['outcome']}: {e.get('detail')}"
-    if kind == "notification":
-        return f"message ({e.get('channel')}, {e.get('stage')}): {e.get('summary')}"
+    if kind == "notification" and e.get("outcome") != "delivered":
+        return f"message to {e.get('channel')} not delivered yet: {e.get('reason')}"
     if kind == "incident_resolved":
         return f"incident {e.get('incident')} resolved"
     if kind == "incident_report":
@@ -182,7 +186,20 @@ def describe(e: dict[str, Any]) -> str:
     return ""
 
 
-async def _story(folder: Path, narrator: Narrator) -> int:
+def show_messages(daemon: Daemon, narrator: Narrator) -> None:
+    """Print each message as the channels would send it, as well as sending it."""
+    submit = daemon.pager.submit
+    style = LogChannel(kind="log")
+
+    def submit_and_show(notification: Notification) -> Any:
+        text = render(style, notification)
+        narrator.say("message:\n" + textwrap.indent(text, "          | "))
+        return submit(notification)
+
+    daemon.pager.submit = submit_and_show  # type: ignore[method-assign]
+
+
+async def _story(folder: Path, narrator: Narrator, *, keep: Path | None) -> int:
     bad = Behaviour(error_ratio=0.3, latency=0.02)
     with (
         Fleet([SERVICE], bad_versions={"v2": bad}) as fleet,
@@ -197,6 +214,7 @@ async def _story(folder: Path, narrator: Narrator) -> int:
         loaded = app.load(path)
         daemon, recorder = app.build(loaded)
         recorder.listeners.append(narrator)
+        show_messages(daemon, narrator)
         stop = asyncio.Event()
         running = asyncio.create_task(daemon.run(stop))
         try:
@@ -206,6 +224,7 @@ async def _story(folder: Path, narrator: Narrator) -> int:
             decision = await narrator.wait_for("decision", 45, action="rollback")
             verification = await narrator.wait_for("verification", 75)
             await narrator.wait_for("incident_resolved", 20)
+            report = await narrator.wait_for("incident_report", 5)
         finally:
             stop.set()
             await running
@@ -226,6 +245,10 @@ async def _story(folder: Path, narrator: Narrator) -> int:
     )
     click.echo(f"  verification:  {verification['outcome']}")
     click.echo(f"  running now:   {running_now}")
+    click.echo(f"  report:        {report['path']}")
+    if keep is None:
+        click.echo("")
+        click.echo(Path(report["path"]).read_text(encoding="utf-8"))  # noqa: ASYNC240 (all stopped)
     return 0 if ok and running_now == "v1" else 1
 
 
@@ -236,7 +259,7 @@ def run_demo(*, keep: Path | None = None) -> int:
     configure_logging("info", stream=log_file)
     narrator = Narrator(time.monotonic())
     try:
-        status = asyncio.run(asyncio.wait_for(_story(folder, narrator), DEADLINE))
+        status = asyncio.run(asyncio.wait_for(_story(folder, narrator, keep=keep), DEADLINE))
         if keep is not None:
             click.echo(f"  files:         {folder} (audit.jsonl, daemon.log, reports/)")
         return status

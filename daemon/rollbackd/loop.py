@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import structlog
@@ -40,10 +40,11 @@ from rollbackd.measure import measure
 from rollbackd.metrics import Metrics
 from rollbackd.notify.base import Notification
 from rollbackd.record import Recorder, utc_iso
+from rollbackd.report import write_report
 from rollbackd.rules import Group, Reading, plan_groups, render
 from rollbackd.signals.probes import probe
 from rollbackd.signals.prometheus import PrometheusClient, QueryError
-from rollbackd.state import DaemonState, StateStore, from_document, to_document
+from rollbackd.state import DaemonState, Incident, StateStore, from_document, to_document
 from rollbackd.targets.base import Target, TargetError
 
 log = structlog.get_logger("rollbackd.loop")
@@ -51,6 +52,21 @@ log = structlog.get_logger("rollbackd.loop")
 Clock = Callable[[], float]
 STOP_GRACE = 6.0  # of the 10 s a SIGTERM allows: the tick's share
 ROLLBACK_GRACE = 2.5
+TIMELINE_LIMIT = 200  # events kept per incident for its report
+
+
+class Pager(Protocol):
+    """Delivers notifications: the dispatcher in production, anything alike in tests."""
+
+    def submit(self, notification: Notification) -> Any: ...
+
+    def remind(self, notification: Notification) -> Any: ...
+
+    async def retry_due(self) -> Any: ...
+
+    async def drain(self, timeout: float) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Leadership:
@@ -73,12 +89,11 @@ class Daemon:
         prometheus: PrometheusClient,
         store: StateStore,
         recorder: Recorder,
-        notify: Callable[[Notification], Awaitable[None] | None],
+        pager: Pager,
         metrics: Metrics | None = None,
         leadership: Any = None,
         clock: Clock = time.time,
         http: httpx.AsyncClient | None = None,
-        notify_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.rules = [r.rule for r in rules]
@@ -86,8 +101,8 @@ class Daemon:
         self.prometheus = prometheus
         self.store = store
         self.recorder = recorder
-        self.notify = notify
-        self.notify_tick = notify_tick
+        self.pager = pager
+        self._latest: dict[str, Notification] = {}  # incident -> last message, for reminders
         self.metrics = metrics or Metrics()
         self.leadership = leadership or Leadership()
         self.clock = clock
@@ -148,6 +163,7 @@ class Daemon:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - now))
         await self.wait_for_rollbacks(ROLLBACK_GRACE)
         self.save()
+        await self.pager.drain(1.0)
 
     async def wait_for_rollbacks(self, timeout: float | None) -> None:
         tasks = list(self._inflight.values())
@@ -210,8 +226,8 @@ class Daemon:
         self.save()
         for order in plan.rollbacks:
             self._start_rollback(order)
-        if self.notify_tick is not None and leader:
-            await self.notify_tick()
+        if leader:
+            await self._remind_and_retry()
 
         self.ticks += 1
         self.last_tick_at = time.monotonic()
@@ -226,14 +242,72 @@ class Daemon:
         return plan
 
     def apply(self, plan: Plan, *, now: float, leader: bool = True) -> None:
-        """Record the plan's events and send its pages (a follower sends none)."""
+        """Record the plan's events, write reports, send its pages (a follower sends none)."""
+        closed = dict(plan.closed)
+        touched: set[str] = set()
         for event in plan.events:
-            self.recorder.event(event.name, at=now, **event.fields)
-            self._count(event.name, event.fields)
+            self.event(event.name, at=now, closing=closed, **event.fields)
+            if event.name in ("decision", "verification", "incident_resolved"):
+                touched.add(event.fields["service"])
+        reports = self._write_reports(touched, closed)
         if not leader:
             return
         for page in plan.pages:
+            if page.resolve and page.service in reports:
+                page.fields["report"] = reports[page.service]
             self._send(page, now)
+
+    def event(
+        self,
+        name: str,
+        *,
+        at: float | None = None,
+        closing: dict[str, Incident] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record one event, count it, and add it to its service's open incident."""
+        at = self.clock() if at is None else at
+        self.recorder.event(name, at=at, **fields)
+        self._count(name, fields)
+        service = fields.get("service")
+        svc = self.state.services.get(service) if isinstance(service, str) else None
+        incident = svc.incident if svc is not None else None
+        if incident is None and closing and isinstance(service, str):
+            incident = closing.get(service)
+        if incident is not None:
+            entry = {k: v for k, v in fields.items() if k not in ("service", "baselines")}
+            incident.timeline.append({"at": at, "event": name, **entry})
+            del incident.timeline[:-TIMELINE_LIMIT]
+
+    def _write_reports(self, services: set[str], closed: dict[str, Incident]) -> dict[str, str]:
+        """Rewrite the report of each incident that moved on; the paths, by service."""
+        folder = self.settings.reports
+        if not folder:
+            return {}
+        paths: dict[str, str] = {}
+        for name in services | set(closed):
+            svc = self.state.services.get(name)
+            incident = closed.get(name) or (svc.incident if svc else None)
+            if incident is None:
+                continue
+            timeline = [
+                {"ts": utc_iso(e["at"]), **{k: v for k, v in e.items() if k != "at"}}
+                for e in incident.timeline
+            ]
+            facts = {"mode": self.mode, **incident.facts}
+            try:
+                path = write_report(
+                    folder, incident=incident.id, service=name, timeline=timeline, facts=facts
+                )
+            except OSError as exc:
+                log.error("report_failed", service=name, incident=incident.id, error=exc.strerror)
+                continue
+            paths[name] = str(path)
+            if name in closed:
+                self.recorder.event(
+                    "incident_report", service=name, incident=incident.id, path=str(path)
+                )
+        return paths
 
     def _count(self, name: str, fields: dict[str, Any]) -> None:
         if name == "rule_state":
@@ -261,9 +335,23 @@ class Daemon:
             mode=self.mode,
             ts=utc_iso(now),
         )
-        result = self.notify(notification)
-        if asyncio.iscoroutine(result):
-            asyncio.get_running_loop().create_task(result)
+        self.pager.submit(notification)
+        if page.resolve:
+            self._latest.pop(page.incident, None)
+        else:
+            self._latest[page.incident] = notification
+
+    async def _remind_and_retry(self) -> None:
+        """Re-notify open incidents whose channels ask for it; retry undelivered messages."""
+        open_incidents = {
+            svc.incident.id for svc in self.state.services.values() if svc.incident is not None
+        }
+        for incident in list(self._latest):
+            if incident in open_incidents:
+                self.pager.remind(self._latest[incident])
+            else:
+                del self._latest[incident]
+        await self.pager.retry_due()
 
     def save(self) -> None:
         self.store.save(to_document(self.state))
@@ -396,7 +484,7 @@ class Daemon:
     async def _rollback(self, order: RollbackOrder) -> None:
         target = self.targets[order.service]
         started = self.clock()
-        self.recorder.event(
+        self.event(
             "rollback_started",
             service=order.service,
             rule=order.rule,
@@ -449,7 +537,7 @@ class Daemon:
             error = "crashed"
             log.error("rollback_crashed", service=order.service, error=repr(exc))
         finished = self.clock()
-        self.recorder.event(
+        self.event(
             "rollback_finished",
             service=order.service,
             rule=order.rule,
@@ -569,6 +657,7 @@ class Daemon:
         return True, "ready"
 
     async def aclose(self) -> None:
+        await self.pager.aclose()
         await self.http.aclose()
         await self.prometheus.aclose()
         for target in self.targets.values():

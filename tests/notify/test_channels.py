@@ -299,7 +299,7 @@ async def test_log_channel_writes_the_rendered_message_as_an_event() -> None:
         await notifier.send(notification("rollback_started"))
     await notifier.aclose()
 
-    [entry] = [e for e in logs if e["event"] == "notification"]
+    [entry] = [e for e in logs if e["event"] == "message"]
     assert entry["log_level"] == "info"
     assert (entry["service"], entry["incident"], entry["stage"]) == (
         "codex-api",

@@ -490,3 +490,19 @@ def test_deploy_left_without_traffic_after_a_pin_is_reminded_once() -> None:
     reminders = [p for plan in world.plans for p in plan.pages if p.stage == "reminder"]
     assert len(reminders) == 1
     assert reminders[0].fields["command"] == "gcloud run ..."
+
+
+def test_pending_high_impact_rule_stops_the_bake_clock() -> None:
+    """A revision whose high-impact rule is pending never becomes last known good.
+
+    Regression: with bake_time shorter than a rule's `for`, a bad revision baked into
+    last known good while its error rule was still pending, and the rollback that
+    followed was blocked as at_last_known_good.
+    """
+    world = World(rule(for_=100), bake_time=30).baked()
+    world.revision = "v2"
+    world.tick(0.0)
+    world.run(8, 0.5)  # pending for 80 s, longer than bake_time
+    assert world.state.service("api").last_known_good == "v1"
+    world.run(3, 0.5)
+    assert [o.to_version for p in world.plans for o in p.rollbacks] == ["v1"]

@@ -17,7 +17,7 @@ log = structlog.get_logger()
 
 
 class LogNotifier:
-    """Writes each message as the event ``notification`` at info level."""
+    """Writes each message as the event ``message`` at info level."""
 
     kind = "log"
 
@@ -26,8 +26,9 @@ class LogNotifier:
         self.name = channel_name(config)
 
     async def send(self, notification: Notification) -> None:
+        # Named apart from the dispatcher's own ``notification`` delivery event.
         log.info(
-            "notification",
+            "message",
             channel=self.name,
             stage=notification.stage,
             service=notification.service,
