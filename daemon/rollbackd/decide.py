@@ -451,6 +451,12 @@ class Decider:
             "mode": ctx.mode,
             "incident": svc.incident.id if svc.incident else None,
         }
+        # What the target knows of both revisions (images, revision numbers) goes along,
+        # so a decision names what is running and what it would go back to.
+        if svc.revision_detail:
+            decision["revision_detail"] = _detail(svc.revision_detail)
+        if svc.last_known_good_detail:
+            decision["rollback_to_detail"] = _detail(svc.last_known_good_detail)
         if why.change == "external_config" and action == "rollback":
             # Kubernetes does not version ConfigMaps and Secrets: undoing the pod
             # template would not undo the change that hurt, so a person must.
