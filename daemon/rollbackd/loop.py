@@ -44,7 +44,15 @@ from rollbackd.report import write_report
 from rollbackd.rules import Group, Reading, plan_groups, render
 from rollbackd.signals.probes import probe
 from rollbackd.signals.prometheus import PrometheusClient, QueryError
-from rollbackd.state import DaemonState, Incident, StateStore, from_document, to_document
+from rollbackd.state import (
+    DaemonState,
+    Incident,
+    SqliteStore,
+    StateError,
+    StateStore,
+    from_document,
+    to_document,
+)
 from rollbackd.targets.base import Target, TargetError
 
 log = structlog.get_logger("rollbackd.loop")
@@ -114,6 +122,11 @@ class Daemon:
         self.group_of = {name: g for g in self.groups for name in g.services}
         self.services = {s.name: s for s in settings.services}
         self.state: DaemonState = from_document(store.load())
+        # Shared state (a ConfigMap under HA) is written by the leader only; followers
+        # reload it every tick so that a failover starts from what the leader knew.
+        self.shared_state = not isinstance(store, SqliteStore)
+        self._was_leader = False
+        self._reload = False
         self.last_tick_at: float | None = None
         self.started_at = time.monotonic()
         self.prometheus_up = False
@@ -131,7 +144,8 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         """Tick every ``interval`` until ``stop`` is set (or once)."""
-        self.recover()
+        if not self.shared_state:
+            self.recover()  # with shared state, the replica that becomes leader does this
         interval = self.settings.interval
         next_at = time.monotonic()
         while not stop.is_set():
@@ -193,6 +207,7 @@ class Daemon:
         now = self.clock()
         leader = bool(self.leadership.is_leader)
         self.metrics.leader.set(1 if leader else 0)
+        self._follow_leadership(leader)
         # One stat call per tick: cheap enough to keep the kill switch instant.
         ctx_paused = Path(self.settings.safety.pause_file).exists()  # noqa: ASYNC240
 
@@ -353,8 +368,31 @@ class Daemon:
                 del self._latest[incident]
         await self.pager.retry_due()
 
+    def _follow_leadership(self, leader: bool) -> None:
+        if leader != self._was_leader and not isinstance(self.leadership, Leadership):
+            self.recorder.event("leadership", service="*", leader=leader, mode=self.mode)
+        if self.shared_state and (not leader or not self._was_leader or self._reload):
+            try:
+                self.state = from_document(self.store.load())
+                self._reload = False
+            except StateError as exc:
+                log.error("state_load_failed", error=str(exc))
+        if leader and not self._was_leader and self.shared_state:
+            # A new leader finishes nothing it did not start: rollbacks the previous
+            # leader left half done are reported, not repeated.
+            self.recover()
+        self._was_leader = leader
+
     def save(self) -> None:
-        self.store.save(to_document(self.state))
+        if self.shared_state and not self._was_leader:
+            return
+        try:
+            self.store.save(to_document(self.state))
+        except StateError as exc:
+            # Someone else wrote the shared state (or the store is down): reload before
+            # the next decision rather than overwrite what we did not see.
+            log.error("state_save_failed", error=str(exc))
+            self._reload = True
 
     # ------------------------------------------------------------------ revisions
 
