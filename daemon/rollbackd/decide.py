@@ -208,6 +208,10 @@ class Decider:
             )
         elif reading.id != svc.revision:
             self._revision_changed(name, svc, obs, ctx, plan)
+        elif _config_edited(svc.revision_detail, reading.detail):
+            # Same pod template, edited ConfigMap or Secret: a change Kubernetes does not
+            # version. It is blamed like a deploy, but paged, never rolled back.
+            self._revision_changed(name, svc, obs, ctx, plan, change="external_config")
         elif reading.detail:
             svc.revision_detail = dict(reading.detail)
         svc.revision_seen_at = ctx.now
@@ -249,11 +253,18 @@ class Decider:
         )
 
     def _revision_changed(
-        self, name: str, svc: ServiceState, obs: Observation, ctx: TickContext, plan: Plan
+        self,
+        name: str,
+        svc: ServiceState,
+        obs: Observation,
+        ctx: TickContext,
+        plan: Plan,
+        *,
+        change: str | None = None,
     ) -> None:
         reading = obs.revision
         assert reading.id is not None
-        change = reading.change
+        change = change or reading.change
         rolling_to = svc.intent or svc.verification
         if rolling_to is not None and rolling_to.to_version == reading.id:
             change = "rollback"
@@ -457,6 +468,8 @@ class Decider:
             decision["revision_detail"] = _detail(svc.revision_detail)
         if svc.last_known_good_detail:
             decision["rollback_to_detail"] = _detail(svc.last_known_good_detail)
+        if svc.revision_detail.get("gitops_warning"):
+            decision["warning"] = svc.revision_detail["gitops_warning"]
         if why.change == "external_config" and action == "rollback":
             # Kubernetes does not version ConfigMaps and Secrets: undoing the pod
             # template would not undo the change that hurt, so a person must.
@@ -836,6 +849,12 @@ class Decider:
     ) -> Page:
         incident = svc.incident.id if svc.incident else f"{name}-{stage}-{int(ctx.now)}"
         return Page(stage, name, severity, summary, incident, dict(fields), resolve, impact, action)
+
+
+def _config_edited(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether configuration outside the revision (its fingerprint) changed."""
+    old, new = before.get("config_fingerprint"), now.get("config_fingerprint")
+    return bool(old) and bool(new) and old != new
 
 
 def _detail(detail: dict[str, Any]) -> dict[str, Any]:

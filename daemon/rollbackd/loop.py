@@ -624,19 +624,20 @@ class Daemon:
             if svc.verification is not None and name not in self._inflight and name in self.services
         ]
         results = await asyncio.gather(*(self._verify_one(name, now) for name in open_))
-        for name, (passed, detail) in zip(open_, results, strict=True):
+        for name, (passed, detail, hopeless) in zip(open_, results, strict=True):
             ver = self.state.services[name].verification
             assert ver is not None
             if passed:
                 self.decider.verification_done(
                     self.state, name, passed=True, now=now, detail=detail, plan=plan
                 )
-            elif now >= ver.deadline:
+            elif hopeless or now >= ver.deadline:
                 self.decider.verification_done(
                     self.state, name, passed=False, now=now, detail=detail, plan=plan
                 )
 
-    async def _verify_one(self, name: str, now: float) -> tuple[bool, str]:
+    async def _verify_one(self, name: str, now: float) -> tuple[bool, str, bool]:
+        """Passed, what failed, and whether waiting longer cannot help (a failed rollout)."""
         svc = self.state.services[name]
         ver = svc.verification
         assert ver is not None
@@ -644,6 +645,7 @@ class Daemon:
         group = self.group_of[name]
         selector = self.settings.selector_of(service)
         failures: list[str] = []
+        hopeless = False
 
         async def check(entry: Any) -> None:
             if entry.http is not None:
@@ -671,7 +673,11 @@ class Daemon:
             except TargetError as exc:
                 failures.append(f"rollout: {exc.reason}")
                 return
-            if not readiness.ready:
+            if readiness.failed:
+                nonlocal hopeless
+                hopeless = True
+                failures.append(f"rollout failed: {readiness.message}")
+            elif not readiness.ready:
                 failures.append(f"rollout: {readiness.message or 'not complete'}")
 
         await asyncio.gather(*(check(c) for c in self.settings.verify.checks), ready())
@@ -679,7 +685,7 @@ class Daemon:
         if still:
             failures.append("still firing: " + ", ".join(still))
         detail = "; ".join(failures) if failures else "all checks passed"
-        return not failures, detail
+        return not failures, detail, hopeless
 
     # ------------------------------------------------------------------ status
 

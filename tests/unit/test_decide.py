@@ -506,3 +506,31 @@ def test_pending_high_impact_rule_stops_the_bake_clock() -> None:
     assert world.state.service("api").last_known_good == "v1"
     world.run(3, 0.5)
     assert [o.to_version for p in world.plans for o in p.rollbacks] == ["v1"]
+
+
+def test_edited_configmap_is_attributed_and_paged_not_rolled_back() -> None:
+    """A config change outside the pod template is a change, but only a person can undo it."""
+    world = World().baked()
+
+    def tick(fingerprint: str, value: float) -> Plan:
+        world.now += INTERVAL
+        obs = Observation(
+            revision=RevisionReading("abc123", detail={"config_fingerprint": fingerprint}),
+            readings={"errors": Reading(value=value)},
+        )
+        plan = world.decider.tick(
+            world.state, {"api": obs}, TickContext(now=world.now, mode="enforce")
+        )
+        world.plans.append(plan)
+        return plan
+
+    world.state.service("api").revision = "abc123"
+    world.state.service("api").last_known_good = "abc123"
+    tick("cm-1", 0.0)
+    plan = tick("cm-2", 0.5)
+    assert plan.rollbacks == []
+    change = world.events("revision_change")[-1]
+    assert change["change"] == "external_config"
+    decision = world.decisions()[-1]
+    assert (decision["attribution"], decision["action"]) == ("deploy", "page")
+    assert "outside the pod template" in decision["attribution_reason"]
