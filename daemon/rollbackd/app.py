@@ -7,6 +7,7 @@ valid configuration into a ``Daemon`` with its plug-ins, clients and stores.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from rollbackd import lint
 from rollbackd.config import (
     ConfigError,
     LoadedRule,
@@ -61,6 +63,35 @@ def load(path: str | Path, *, mode: str | None = None) -> Loaded:
     if problems:
         raise ConfigError(problems)
     return Loaded(path, settings, rules)
+
+
+def check(path: str | Path) -> tuple[Loaded, list[Problem]]:
+    """``load``, then lint the rules and validate their queries with Prometheus.
+
+    Returns the configuration and the warnings (``path:line: warning: ...``), which
+    never fail a check. Queries Prometheus rejects raise ``ConfigError`` like any other
+    problem, with the warnings listed after them.
+    """
+    loaded = load(path)
+    warnings = lint.lint_rules(loaded.settings, loaded.rules)
+    try:
+        client = prometheus_client(loaded.settings)
+    except SecretError as exc:
+        note = f"rule queries were not validated with Prometheus: {exc}"
+        return loaded, [*warnings, lint.warning(str(loaded.path), None, note)]
+    client.retries = 0  # a check asks once; a Prometheus that does not answer is a warning
+
+    async def validate() -> tuple[list[Problem], list[Problem]]:
+        async with client:
+            return await lint.validate_queries(
+                loaded.settings, loaded.rules, prometheus=client, config_path=str(loaded.path)
+            )
+
+    problems, found = asyncio.run(validate())
+    warnings.extend(found)
+    if problems:
+        raise ConfigError([*problems, *warnings])
+    return loaded, warnings
 
 
 def _check_config(path: Path, settings: Settings) -> list[Problem]:

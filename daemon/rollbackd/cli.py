@@ -114,11 +114,14 @@ def check(config_path: Path | None) -> None:
     from rollbackd import app
 
     path = config_path or default_config_path()
+    configure_logging("error", stream=sys.stderr)  # rejected queries are reported as problems
     try:
-        loaded = app.load(path)
+        loaded, warnings = app.check(path)
     except ConfigError as exc:
         _print_problems(exc)
         sys.exit(1)
+    for warning in warnings:
+        click.echo(str(warning), err=True)
     click.echo(
         f"{path}: ok ({len(loaded.settings.services)} services, {len(loaded.rules)} rules, "
         f"mode {loaded.settings.mode})"
@@ -131,16 +134,26 @@ def check(config_path: Path | None) -> None:
     "--prometheus",
     "prometheus_url",
     default=None,
-    help="Use this Prometheus instead of starting one.",
+    help="Use this Prometheus, which already holds the series, instead of starting one.",
 )
-def test_cmd(files: tuple[Path, ...], prometheus_url: str | None) -> None:
+@click.option(
+    "--write-blocks",
+    "write_blocks",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Only write the tests' series as TSDB blocks here (for --prometheus), run nothing.",
+)
+def test_cmd(
+    files: tuple[Path, ...], prometheus_url: str | None, write_blocks: Path | None
+) -> None:
     """Run rule unit tests on synthetic series."""
     try:
         from rollbackd.ruletest import main as run_tests
     except ImportError:
         click.echo("rollbackd test is not available in this build", err=True)
         sys.exit(2)
-    sys.exit(run_tests(list(files), prometheus_url=prometheus_url))
+    configure_logging("warning", stream=sys.stderr)  # results own stdout
+    sys.exit(run_tests(list(files), prometheus_url=prometheus_url, write_blocks=write_blocks))
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -166,6 +179,7 @@ def backtest(
     except ImportError:
         click.echo("rollbackd backtest is not available in this build", err=True)
         sys.exit(2)
+    configure_logging("warning", stream=sys.stderr)  # results own stdout
     path = config_path or default_config_path()
     sys.exit(
         run_backtest(

@@ -258,6 +258,7 @@ ChannelConfig = Annotated[
     Field(discriminator="kind"),
 ]
 
+
 def _default_channels() -> list[ChannelConfig]:
     return [LogChannel(kind="log")]
 
@@ -294,6 +295,20 @@ class Prometheus(Strict):
     retry_backoff: Duration = Field(0.2, description="First wait between retries (s).")
     bearer_token_env: str | None = None
     bearer_token_file: str | None = None
+    scrape_interval: Duration = Field(
+        15.0, description="How often Prometheus scrapes the services (s); check lints against it."
+    )
+
+
+class Backtest(Strict):
+    """Where ``rollbackd backtest`` finds each service's revision history."""
+
+    revision_metric: str | None = Field(
+        None,
+        description="A gauge with one series per running revision (app_build_info), carrying "
+        "the labels of the service selectors; unset: revisions are unknown.",
+    )
+    revision_label: str = Field("version", description="The label of revision_metric naming it.")
 
 
 class Safety(Strict):
@@ -368,6 +383,7 @@ class Settings(BaseSettings):
     notify: list[ChannelConfig] = Field(default_factory=_default_channels)
     verify: Verify = Field(default_factory=Verify)
     probe_concurrency: int = Field(64, ge=1, description="HTTP probes in flight at once.")
+    backtest: Backtest | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -62,6 +62,10 @@ class PrometheusServer:
     service). ``scrape_configs`` replaces that job entirely, for layouts it cannot
     express (a job per service, other metric paths). ``port`` is chosen once, so a
     server can be stopped and started again at the same URL (with empty storage).
+    ``blocks`` is a folder of TSDB blocks (from ``promtool tsdb create-blocks-from``)
+    copied into the storage before start, so backfilled history is served at once;
+    ``tsdb`` becomes the ``storage.tsdb`` section of the config (for example an
+    ``out_of_order_time_window``).
 
     Example::
 
@@ -79,6 +83,8 @@ class PrometheusServer:
         scrape_configs: list[dict[str, Any]] | None = None,
         port: int | None = None,
         binary: str | None = None,
+        blocks: Path | None = None,
+        tsdb: dict[str, Any] | None = None,
     ) -> None:
         self.targets = [_host_port(target) for target in targets]
         self.scrape_interval = scrape_interval
@@ -86,6 +92,8 @@ class PrometheusServer:
         self.scrape_configs = scrape_configs
         self.port = port or _free_port()
         self.binary = binary or find_prometheus()
+        self.blocks = blocks
+        self.tsdb = tsdb
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -107,6 +115,8 @@ class PrometheusServer:
         config = self._dir / "prometheus.yml"
         # JSON is valid YAML, and needs no YAML writer.
         config.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+        if self.blocks is not None:
+            shutil.copytree(self.blocks, self._dir / "data", dirs_exist_ok=True)
         log = (self._dir / "prometheus.log").open("wb")
         command = [
             self.binary,
@@ -139,10 +149,13 @@ class PrometheusServer:
                     "static_configs": [{"targets": self.targets}],
                 }
             ]
-        return {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": jobs,
         }
+        if self.tsdb:
+            config["storage"] = {"tsdb": dict(self.tsdb)}
+        return config
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Return once ``/-/ready`` answers 200; raise if the process died or time ran out."""
