@@ -114,7 +114,13 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.leadership = leadership or Leadership()
         self.clock = clock
-        self.http = http or httpx.AsyncClient(follow_redirects=False)
+        self.http = http or httpx.AsyncClient(
+            follow_redirects=False, limits=httpx.Limits(max_connections=settings.probe_concurrency)
+        )
+        for target in targets.values():
+            share = getattr(target, "use_http", None)
+            if share is not None:
+                share(self.http)
         self.decider = Decider(rules, safety=settings.safety, interval=settings.interval)
         self.mode = settings.mode
         selectors = {s.name: settings.selector_of(s) for s in settings.services}

@@ -347,6 +347,9 @@ def _check_version(version: str) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # A thousand services probed at once overflow the default backlog of 5, and the
+    # kernel's retransmit waits would show up as slow probes.
+    request_queue_size = 1024
 
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fleet: Fleet

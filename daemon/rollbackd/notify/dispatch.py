@@ -363,9 +363,15 @@ class Dispatcher:
             "stage": notification.stage,
             "service": notification.service,
             "incident": notification.incident,
+            "severity": notification.severity,
+            "summary": notification.summary,
             "attempts": attempts,
             **extra,
         }
+        # The facts a reader of the event stream needs without the channel's text.
+        for key in ("rule", "blocked_by", "command", "rollback_to", "revision"):
+            if notification.fields.get(key) is not None:
+                fields.setdefault(key, notification.fields[key])
         if outcome is not None:
             fields["outcome"] = outcome
         try:

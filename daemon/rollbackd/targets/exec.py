@@ -39,6 +39,7 @@ class ExecCommandTarget:
         self.config = config
         self.service = service
         self._http: httpx.AsyncClient | None = None
+        self._owns_http = False
 
     async def current_revision(self) -> Revision:
         if self.config.version_url:
@@ -52,11 +53,17 @@ class ExecCommandTarget:
             raise TemporaryTargetError("empty_version", detail="the version source printed nothing")
         return Revision(id=check_version(version))
 
+    def use_http(self, client: httpx.AsyncClient) -> None:
+        """Share the daemon's HTTP client: one connection pool for every service."""
+        self._http = client
+        self._owns_http = False
+
     async def _get_version_url(self, url: str) -> str:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.config.version_timeout)
+            self._owns_http = True
         try:
-            response = await self._http.get(url)
+            response = await self._http.get(url, timeout=self.config.version_timeout)
         except httpx.HTTPError as exc:
             raise TemporaryTargetError("version_unreachable", detail=type(exc).__name__) from exc
         if response.status_code != 200:
@@ -91,7 +98,7 @@ class ExecCommandTarget:
         return shlex.join(argv)
 
     async def aclose(self) -> None:
-        if self._http is not None:
+        if self._http is not None and self._owns_http:
             await self._http.aclose()
 
 
