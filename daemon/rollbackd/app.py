@@ -27,6 +27,7 @@ from rollbackd.config import (
     load_rules,
     load_settings,
 )
+from rollbackd.kube import KubeAccessError
 from rollbackd.loop import Daemon
 from rollbackd.metrics import Metrics
 from rollbackd.notify.dispatch import Dispatcher
@@ -35,7 +36,7 @@ from rollbackd.record import Recorder
 from rollbackd.rules import SelectorError, TemplateError, check_template, plan_groups
 from rollbackd.secrets import SecretError, read_secret
 from rollbackd.signals.prometheus import PrometheusClient
-from rollbackd.state import SqliteStore
+from rollbackd.state import SqliteStore, StateError, StateStore
 from rollbackd.targets import build_target
 
 
@@ -184,7 +185,11 @@ def build(
     except SecretError as exc:
         recorder.close()
         raise ConfigError([Problem(str(loaded.path), None, str(exc))]) from exc
-    store = SqliteStore(settings.state)
+    try:
+        store, leadership = _state_and_leadership(settings)
+    except (StateError, KubeAccessError, ValueError) as exc:
+        recorder.close()
+        raise ConfigError([Problem(str(loaded.path), None, str(exc))]) from exc
     metrics = Metrics(registry)
     sink = _EventSink(recorder)
     pager = Dispatcher(
@@ -200,9 +205,27 @@ def build(
         pager=pager,
         metrics=metrics,
         clock=clock,
+        leadership=leadership,
     )
     sink.daemon = daemon
     return daemon, recorder
+
+
+def _state_and_leadership(settings: Settings) -> tuple[StateStore, Any]:
+    """SQLite and sole leadership, or, with ``ha``, a Lease and optionally a ConfigMap."""
+    shared = settings.state.startswith("kubernetes://")
+    if settings.ha is None:
+        if shared:
+            raise StateError("state: kubernetes://... needs the ha section")
+        return SqliteStore(settings.state), None
+    from rollbackd.ha import elector_from, state_store_from
+    from rollbackd.kube import api_client_from
+
+    client = api_client_from(settings.ha)
+    elector = elector_from(settings.ha, api_client=client)
+    if shared:
+        return state_store_from(settings.state, settings.ha, api_client=client), elector
+    return SqliteStore(settings.state), elector
 
 
 def outbox_path(settings: Settings) -> str:

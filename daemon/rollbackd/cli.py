@@ -86,6 +86,9 @@ def run(config_path: Path | None, mode: str | None, once: bool) -> None:
                 click.echo(f"{path}: listen {loaded.settings.listen}: {exc.strerror}", err=True)
                 sys.exit(2)
             endpoints.start()
+        elector = daemon.leadership if hasattr(daemon.leadership, "run") else None
+        stop_elector = asyncio.Event()
+        electing = asyncio.create_task(elector.run(stop_elector)) if elector else None
         recorder.event(
             "daemon_started",
             service="*",
@@ -97,6 +100,10 @@ def run(config_path: Path | None, mode: str | None, once: bool) -> None:
         try:
             await daemon.run(stop, once=once)
         finally:
+            if electing is not None:
+                # Releasing the Lease lets another replica take over at once.
+                stop_elector.set()
+                await asyncio.wait({electing}, timeout=3)
             if endpoints is not None:
                 endpoints.stop()
             await daemon.aclose()
