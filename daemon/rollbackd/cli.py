@@ -86,9 +86,9 @@ def run(config_path: Path | None, mode: str | None, once: bool) -> None:
                 click.echo(f"{path}: listen {loaded.settings.listen}: {exc.strerror}", err=True)
                 sys.exit(2)
             endpoints.start()
-        elector = daemon.leadership if hasattr(daemon.leadership, "run") else None
+        run_elector = getattr(daemon.leadership, "run", None)
         stop_elector = asyncio.Event()
-        electing = asyncio.create_task(elector.run(stop_elector)) if elector else None
+        electing = asyncio.create_task(run_elector(stop_elector)) if run_elector else None
         recorder.event(
             "daemon_started",
             service="*",

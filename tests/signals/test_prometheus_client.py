@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from structlog.testing import LogCapture
+
 from rollbackd.promserver import PrometheusServer
 from rollbackd.signals.prometheus import (
     RETRY_AFTER_CAP,
@@ -27,7 +29,6 @@ from rollbackd.signals.prometheus import (
     Series,
 )
 from rollbackd.sim import Fleet
-from structlog.testing import LogCapture
 
 pytest_plugins = ["tests.support.fixtures"]
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from rollbackd.promserver import PrometheusServer
 from rollbackd.sim import Behaviour, Fleet
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from rollbackd.promserver import PrometheusServer
 from rollbackd.sim import Behaviour, Fleet
 
