@@ -290,6 +290,22 @@ class Decider:
         svc.revision_detail = dict(reading.detail)
         svc.revision_since = svc.changed_at = ctx.now
         svc.bake_since = ctx.now
+        if change != "rollback":
+            # A deploy notice: routed only to PagerDuty's change timeline, never a page.
+            plan.pages.append(
+                self._page(
+                    name,
+                    svc,
+                    "notify",
+                    "info",
+                    f"{name}: {reading.id} deployed (was {previous})",
+                    ctx,
+                    change="deploy",
+                    kind=change,
+                    revision=reading.id,
+                    previous=previous,
+                )
+            )
         plan.event(
             "revision_change",
             service=name,

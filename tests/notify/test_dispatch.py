@@ -427,3 +427,24 @@ def test_outbox_shares_the_state_file_with_the_loops_own_connection(tmp_path: Pa
     assert [r.channel for r in outbox.rows()] == ["slack"]
     assert loop_db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert loop_db.execute("SELECT name FROM services").fetchall() == [("codex-api",)]
+
+
+def test_deploy_notices_go_only_to_pagerduty_change_events() -> None:
+    """A deploy notice reaches PagerDuty with change events on, and no chat channel."""
+    from rollbackd.config import PagerDutyChannel, SlackChannel
+    from rollbackd.notify.base import Notification
+    from rollbackd.notify.dispatch import routes
+
+    notice = Notification(
+        stage="notify",
+        service="api",
+        incident="api-notify-1",
+        severity="info",
+        summary="api: v2 deployed",
+        fields={"change": "deploy"},
+    )
+    assert routes(
+        PagerDutyChannel(kind="pagerduty", routing_key_env="K", change_events=True), notice
+    )
+    assert not routes(PagerDutyChannel(kind="pagerduty", routing_key_env="K"), notice)
+    assert not routes(SlackChannel(kind="slack", webhook_url_env="S"), notice)

@@ -145,7 +145,7 @@ def test_shadow_mode_records_would_execute_and_orders_nothing() -> None:
     plan = world.tick(0.5)
     assert plan.rollbacks == []
     assert world.decisions()[-1]["outcome"] == "would_execute"
-    assert [p.stage for p in plan.pages] == ["would_rollback"]
+    assert [p.stage for p in pages_of(plan)] == ["would_rollback"]
 
 
 def test_regression_without_revision_change_pages_and_never_rolls_back() -> None:
@@ -224,6 +224,11 @@ def test_rule_action_override_pages_instead_of_rolling_back() -> None:
     assert world.decisions()[-1]["action"] == "page"
 
 
+def pages_of(plan: Plan) -> list[Any]:
+    """The plan's pages about the incident, without deploy notices."""
+    return [p for p in plan.pages if p.fields.get("change") != "deploy"]
+
+
 def blocked_by(world: World, **ctx: Any) -> str:
     world.revision = "v2"
     plan = world.tick(0.5, **ctx)
@@ -236,7 +241,7 @@ def test_pause_file_blocks_rollback_and_pages_why() -> None:
     """The kill switch turns a rollback into a page that names the guard."""
     world = World().baked()
     assert blocked_by(world, paused=True) == "blocked:paused"
-    page = world.plans[-1].pages[0]
+    [page] = pages_of(world.plans[-1])
     assert page.stage == "blocked"
     assert page.fields["blocked_by"] == "paused"
 
@@ -250,7 +255,7 @@ def test_follower_does_not_roll_back_or_page() -> None:
     """Only the leader acts; a follower records blocked:not_leader and sends nothing."""
     world = World().baked()
     assert blocked_by(world, leader=False) == "blocked:not_leader"
-    assert world.plans[-1].pages == []
+    assert pages_of(world.plans[-1]) == []
 
 
 def test_no_last_known_good_blocks_rollback() -> None:
@@ -534,3 +539,14 @@ def test_edited_configmap_is_attributed_and_paged_not_rolled_back() -> None:
     decision = world.decisions()[-1]
     assert (decision["attribution"], decision["action"]) == ("deploy", "page")
     assert "outside the pod template" in decision["attribution_reason"]
+
+
+def test_a_deploy_becomes_a_change_notice_and_a_rollback_does_not() -> None:
+    """Revision changes are announced as deploys (for PagerDuty's timeline), rollbacks not."""
+    world = World().baked()
+    world.revision = "v2"
+    plan = world.tick(0.0)
+    notices = [p for p in plan.pages if p.fields.get("change") == "deploy"]
+    assert [(p.stage, p.severity, p.fields["revision"]) for p in notices] == [
+        ("notify", "info", "v2")
+    ]

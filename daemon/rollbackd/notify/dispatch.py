@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from rollbackd.config import ChannelBase, ChannelConfig
+from rollbackd.config import ChannelBase, ChannelConfig, PagerDutyChannel
 from rollbackd.notify import build_notifier
 from rollbackd.notify._http import channel_name
 from rollbackd.notify.base import (
@@ -80,6 +80,11 @@ def routes(config: ChannelBase, notification: Notification) -> bool:
     has no impact or action (monitoring went blind, say) passes only a channel that
     does not filter on it.
     """
+    if notification.fields.get("change") == "deploy" and not (
+        isinstance(config, PagerDutyChannel) and config.change_events
+    ):
+        # Deploy notices exist for PagerDuty's change timeline; chat channels would drown.
+        return False
     if config.impact and notification.impact not in config.impact:
         return False
     if config.action and notification.action not in config.action:
