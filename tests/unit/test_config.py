@@ -188,3 +188,16 @@ def test_config_defaults_to_rollbackd_config_variable(rules_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "mode enforce" in result.stdout
+
+
+def test_check_finds_a_broken_notification_template(rules_dir: Path) -> None:
+    """A template mistake is reported by check at the channel's line, not at 3 a.m."""
+    path = write(
+        rules_dir,
+        "notify:\n  - kind: log\n    templates:\n      page: 'Service {{ servce }} {% if %}'\n",
+    )
+    result = run_cli("check", "-c", str(path), cwd=rules_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{path}:3: ")
+    assert "page" in result.stderr
+    assert "Traceback" not in result.stderr
