@@ -374,24 +374,25 @@ def check_templates(config: ChannelBase, *, where: str) -> list[str]:
 
     Every override is compiled, then rendered against a sample notification of every
     stage it applies to, so syntax errors, undefined names and unsafe access show up.
-    ``where`` starts each message (``config.yaml:42``).
+    ``where`` starts each message (``config.yaml:42``); empty, messages start bare.
     """
+    lead = f"{where}: " if where else ""
     name = channel_name(config)
     problems: list[str] = []
     for key, source in config.templates.items():
         if key not in OVERRIDE_KEYS:
             problems.append(
-                f"{where}: notify channel '{name}': unknown template '{key}'; "
+                f"{lead}notify channel '{name}': unknown template '{key}'; "
                 f"use a stage ({', '.join(STAGES)}), default or status_page"
             )
             continue
         problem = _check_one(config, key, source)
         if problem:
-            problems.append(f"{where}: notify channel '{name}', template '{key}': {problem}")
+            problems.append(f"{lead}notify channel '{name}', template '{key}': {problem}")
     for text, source in config.links.items():
         problem = _check_one(config, f"links.{text}", source)
         if problem:
-            problems.append(f"{where}: notify channel '{name}', link '{text}': {problem}")
+            problems.append(f"{lead}notify channel '{name}', link '{text}': {problem}")
     return problems
 
 
