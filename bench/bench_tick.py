@@ -209,7 +209,8 @@ async def measure_size(size: int, ticks: int) -> dict[str, Any]:
             nonlocal probes
             probes += 1
 
-        daemon.http.event_hooks["request"].append(count_probe)
+        for client in daemon.http_clients:
+            client.event_hooks["request"].append(count_probe)
         try:
             # Warm-up ticks: the first sees every revision for the first time and opens
             # the connections; keep going until every service has data for every rule.

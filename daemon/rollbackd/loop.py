@@ -61,6 +61,8 @@ Clock = Callable[[], float]
 STOP_GRACE = 6.0  # of the 10 s a SIGTERM allows: the tick's share
 ROLLBACK_GRACE = 2.5
 TIMELINE_LIMIT = 200  # events kept per incident for its report
+READ_CONCURRENCY = 32  # revision reads in flight at once
+POOL_SIZE = 8  # connections per HTTP client
 
 
 class Pager(Protocol):
@@ -114,13 +116,30 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.leadership = leadership or Leadership()
         self.clock = clock
-        self.http = http or httpx.AsyncClient(
-            follow_redirects=False, limits=httpx.Limits(max_connections=settings.probe_concurrency)
+        # httpcore's pool bookkeeping grows with the square of its connections, so the
+        # probes and revision reads of a tick are spread over several small pools.
+        in_flight = settings.probe_concurrency + READ_CONCURRENCY
+        self._clients = (
+            [http]
+            if http
+            else [
+                httpx.AsyncClient(
+                    follow_redirects=False,
+                    limits=httpx.Limits(
+                        max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE
+                    ),
+                )
+                for _ in range(max(1, -(-in_flight // POOL_SIZE)))
+            ]
         )
-        for target in targets.values():
+        self.http = self._clients[0]
+        self._client_of = {
+            s.name: self._clients[i % len(self._clients)] for i, s in enumerate(settings.services)
+        }
+        for name, target in targets.items():
             share = getattr(target, "use_http", None)
             if share is not None:
-                share(self.http)
+                share(self._client_of.get(name, self.http))
         self.decider = Decider(rules, safety=settings.safety, interval=settings.interval)
         self.mode = settings.mode
         selectors = {s.name: settings.selector_of(s) for s in settings.services}
@@ -139,7 +158,7 @@ class Daemon:
         self.ticks = 0
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._verify_detail: dict[str, str] = {}
-        self._limit = asyncio.Semaphore(32)
+        self._limit = asyncio.Semaphore(READ_CONCURRENCY)
         self._probe_limit = asyncio.Semaphore(settings.probe_concurrency)
         for name in self.services:
             svc = self.state.service(name)
@@ -464,7 +483,7 @@ class Daemon:
             async with self._probe_limit:
                 try:
                     result = await probe(
-                        self.http,
+                        self._client_of[name],
                         health.url,
                         expect_status=health.expect_status,
                         timeout=health.timeout,
@@ -695,6 +714,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
 
+    @property
+    def http_clients(self) -> list[httpx.AsyncClient]:
+        """Every HTTP client the daemon probes and reads revisions with."""
+        return list(self._clients)
+
     def healthy(self) -> bool:
         """Liveness: the loop ticked recently (or has only just started)."""
         allowed = max(3 * self.settings.interval, 30.0)
@@ -708,7 +732,8 @@ class Daemon:
 
     async def aclose(self) -> None:
         await self.pager.aclose()
-        await self.http.aclose()
+        for client in self._clients:
+            await client.aclose()
         await self.prometheus.aclose()
         for target in self.targets.values():
             with contextlib.suppress(Exception):
