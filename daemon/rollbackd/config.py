@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -85,17 +87,33 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- targets
 
 
+def _split_command(value: str | None) -> str | None:
+    """A command template must split into arguments the way a shell would."""
+    if value is None:
+        return None
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split the command into arguments: {exc}") from exc
+    if not argv:
+        raise ValueError("the command is empty")
+    return value
+
+
+Command = Annotated[str, AfterValidator(_split_command)]
+
+
 class ExecTarget(Strict):
     """Reads the revision and rolls back by running the operator's own commands."""
 
     kind: Literal["exec"]
-    version_command: str | None = Field(
+    version_command: Command | None = Field(
         None, description="Prints the running revision; surrounding white space is stripped."
     )
     version_url: str | None = Field(
         None, description="GET returns the running revision as text (instead of a command)."
     )
-    rollback_command: str = Field(
+    rollback_command: Command = Field(
         description="Rolls back; placeholders {service}, {from_version}, {to_version}."
     )
     timeout: Duration = Field(300.0, description="Longest a rollback command may run (s).")
@@ -160,7 +178,7 @@ class GitHubActionsTarget(Strict):
     mode: Literal["dispatch", "rerun"] = "dispatch"
     token_env: str = "GITHUB_TOKEN"  # noqa: S105 (the name of a variable, not a token)
     api_url: str = "https://api.github.com"
-    version_command: str | None = None
+    version_command: Command | None = None
     version_url: str | None = None
     version_timeout: Duration = 10.0
     run_timeout: Duration = Field(1800.0, description="Longest wait for the workflow run.")
@@ -521,6 +539,9 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([Problem(str(path), None, f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from exc
     try:
         return _yaml.load(text)
     except MarkedYAMLError as exc:

@@ -201,3 +201,21 @@ def test_check_finds_a_broken_notification_template(rules_dir: Path) -> None:
     assert result.stderr.startswith(f"{path}:3: ")
     assert "page" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    """A binary or mis-encoded file is a path:line message, not a traceback."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"mode: shadow\n\xff\xfe")
+    assert problems(path) == [f"{path}:2: not UTF-8 text"]
+
+
+def test_command_that_cannot_be_split_is_found_by_check(rules_dir: Path) -> None:
+    """An unterminated quote in a command is reported before any rollback needs it."""
+    path = write(
+        rules_dir,
+        "services:\n  - name: a\n    target: {kind: exec, version_command: "
+        "echo v1, rollback_command: 'deploy \"v1'}\n",
+    )
+    [found] = problems(path)
+    assert found.startswith(f"{path}:3: rollback_command: cannot split the command")
