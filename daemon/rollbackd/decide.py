@@ -646,9 +646,23 @@ class Decider:
         verify_timeout: float,
         plan: Plan,
     ) -> None:
-        """Record a finished rollback: cooldown, budget, verification or a page."""
+        """Record a finished rollback: cooldown, budget, verification or a page.
+
+        A ``conflict`` (someone changed the deployment between our read and our write)
+        is not a failed attempt: nothing was changed, so it costs no cooldown or budget,
+        and the rule goes back to pending to be decided again on the next tick, against
+        the revision that is running now.
+        """
         svc = state.service(order.service)
         svc.intent = None
+        if error == "conflict":
+            self._record(
+                plan, svc, order.decision, "failed:conflict", TickContext(now=now, mode=mode)
+            )
+            status = svc.rule(order.rule)
+            if status.state == "firing":
+                status.state, status.fired_at = "pending", None
+            return
         svc.last_rollback[mode] = now
         outcome = "executed" if error is None else f"failed:{error}"
         state.rollbacks.append(RollbackRecord(order.service, now, mode, outcome))

@@ -550,3 +550,19 @@ def test_a_deploy_becomes_a_change_notice_and_a_rollback_does_not() -> None:
     assert [(p.stage, p.severity, p.fields["revision"]) for p in notices] == [
         ("notify", "info", "v2")
     ]
+
+
+def test_conflicting_update_is_decided_again_against_the_newer_revision() -> None:
+    """A rollback refused for a concurrent change re-decides, and never overwrites it."""
+    world = World().baked()
+    world.revision = "v2"
+    world.tick(0.5)
+    world.finish_rollbacks(error="conflict")
+    assert world.decisions()[-1]["outcome"] == "failed:conflict"
+    assert world.state.service("api").last_rollback == {}
+    world.revision = "v3"  # the newer change someone else made
+    world.tick(0.5)
+    decision = world.decisions()[-1]
+    assert decision["revision"] == "v3"
+    assert decision["attribution"] == "external"  # the breach predates v3
+    assert world.plans[-1].rollbacks == []
