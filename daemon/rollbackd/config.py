@@ -471,9 +471,19 @@ class Rule(Strict):
             raise ValueError("min_traffic applies to query rules")
         return self
 
+    # Asked for every rule, service and tick, so plain attribute tests; not cached,
+    # because model_copy(update=...) would carry a cached answer over to the copy.
     @property
     def condition(self) -> str:
-        return next(k for k in CONDITIONS if getattr(self, k) is not None)
+        if self.above is not None:
+            return "above"
+        if self.failure_ratio_above is not None:
+            return "failure_ratio_above"
+        if self.above_baseline is not None:
+            return "above_baseline"
+        if self.below is not None:
+            return "below"
+        return "below_baseline"
 
     @property
     def threshold(self) -> float:

@@ -93,7 +93,10 @@ class ServiceState:
     reminded_unserved: str | None = None  # a deploy left without traffic, reminded once
 
     def rule(self, name: str) -> RuleStatus:
-        return self.rules.setdefault(name, RuleStatus())
+        status = self.rules.get(name)
+        if status is None:
+            status = self.rules[name] = RuleStatus()
+        return status
 
 
 @dataclass
