@@ -134,6 +134,22 @@ class Decider:
 
     # ------------------------------------------------------------------ the tick
 
+    def resume(self, state: DaemonState, *, now: float) -> None:
+        """After downtime, restart what needs watching: pending timers and bake clocks.
+
+        A rule pending when the daemon stopped was not watched since, so its breach is
+        not known to have held; a revision baking was not seen healthy either. Both
+        start again. Firing rules stay firing, so no decision is repeated.
+        """
+        gap_allowed = 3 * self.interval
+        for svc in state.services.values():
+            if svc.revision_seen_at is None or now - svc.revision_seen_at <= gap_allowed:
+                continue
+            svc.bake_since = None
+            for status in svc.rules.values():
+                if status.state in ("pending", "resolved"):
+                    status.state, status.active_since = "inactive", None
+
     def tick(
         self, state: DaemonState, observations: dict[str, Observation], ctx: TickContext
     ) -> Plan:

@@ -150,6 +150,7 @@ class Daemon:
         # Shared state (a ConfigMap under HA) is written by the leader only; followers
         # reload it every tick so that a failover starts from what the leader knew.
         self.shared_state = not isinstance(store, SqliteStore)
+        self.decider.resume(self.state, now=clock())
         self._was_leader = False
         self._reload = False
         self.last_tick_at: float | None = None
@@ -428,7 +429,9 @@ class Daemon:
 
     async def _read_revision(self, name: str) -> tuple[RevisionReading, str | None]:
         target = self.targets[name]
-        timeout = max(1.0, min(30.0, self.settings.interval))
+        # The tick waits for its slowest read, so reads are bounded by the interval, with a
+        # floor for commands that must start an interpreter.
+        timeout = max(2.0, min(30.0, self.settings.interval))
         paused: str | None = None
         async with self._limit:
             try:

@@ -566,3 +566,20 @@ def test_conflicting_update_is_decided_again_against_the_newer_revision() -> Non
     assert decision["revision"] == "v3"
     assert decision["attribution"] == "external"  # the breach predates v3
     assert world.plans[-1].rollbacks == []
+
+
+def test_downtime_restarts_pending_timers_and_the_bake_clock() -> None:
+    """After an hour away, a pending rule and a baking revision start over."""
+    world = World(rule(for_=60))
+    world.run(3)  # v1 bakes for 30 s of its 60 s
+    world.tick(0.5)  # pending
+    restored = from_document(to_document(world.state))
+    world.state = restored
+    world.now += 3600
+    world.decider.resume(world.state, now=world.now)
+    svc = world.state.service("api")
+    assert svc.rule("errors").state == "inactive"
+    assert svc.bake_since is None
+    world.tick(0.5)
+    assert svc.rule("errors").state == "pending"  # the hold starts again, no firing
+    assert world.decisions() == []
