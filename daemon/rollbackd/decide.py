@@ -305,6 +305,14 @@ class Decider:
         svc.previous_revision, svc.revision = previous, reading.id
         svc.revision_detail = dict(reading.detail)
         svc.revision_since = svc.changed_at = ctx.now
+        unobserved = (
+            svc.revision_seen_at is not None and ctx.now - svc.revision_seen_at > 3 * self.interval
+        )
+        if unobserved:
+            # The change happened while we were not looking, at some point since we last
+            # saw the old revision. Blame needs the earliest such time: an outage after a
+            # restart is not pinned on a deploy that may be hours old.
+            svc.changed_at = svc.revision_seen_at
         svc.bake_since = ctx.now
         if change != "rollback":
             # A deploy notice: routed only to PagerDuty's change timeline, never a page.
@@ -328,6 +336,7 @@ class Decider:
             revision=reading.id,
             previous=previous,
             change=change,
+            unobserved=unobserved,
             last_known_good=svc.last_known_good,
             baselines={r.name: svc.rule(r.name).baseline for r in self.rules},
             **_detail(reading.detail),

@@ -583,3 +583,16 @@ def test_downtime_restarts_pending_timers_and_the_bake_clock() -> None:
     world.tick(0.5)
     assert svc.rule("errors").state == "pending"  # the hold starts again, no firing
     assert world.decisions() == []
+
+
+def test_deploy_made_while_the_daemon_was_down_is_not_blamed_for_a_later_outage() -> None:
+    """A revision that changed during a long downtime counts as changed when last seen."""
+    world = World(attribution_window=600).baked()
+    world.now += 3600  # an hour away; v2 was deployed at some point in it
+    world.revision = "v2"
+    world.tick(0.0)
+    change = world.events("revision_change")[-1]
+    assert change["unobserved"] is True
+    world.tick(0.5)
+    decision = world.decisions()[-1]
+    assert (decision["attribution"], decision["action"]) == ("external", "page")
