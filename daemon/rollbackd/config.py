@@ -550,8 +550,8 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError([Problem(str(path), None, f"cannot read: {exc.strerror}")]) from exc
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from exc
+        bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), bad_line, "not UTF-8 text")]) from exc
     try:
         return _yaml.load(text)
     except MarkedYAMLError as exc:
