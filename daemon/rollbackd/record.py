@@ -57,9 +57,7 @@ def _stamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     cleaned: dict[str, Any] = redact(_clean(dict(event)))
     # The keys a reader scans for come first, as in the documented examples.
-    first: dict[str, Any] = {
-        k: cleaned.pop(k) for k in ("event", "ts", "service") if k in cleaned
-    }
+    first: dict[str, Any] = {k: cleaned.pop(k) for k in ("event", "ts", "service") if k in cleaned}
     return {**first, **cleaned}
 
 
