@@ -108,7 +108,8 @@ def figure(result: BacktestResult, *, max_services: int = MAX_SERVICES) -> Figur
     axes[-1].xaxis_date(tz=UTC)
     locator = AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
     axes[-1].xaxis.set_major_locator(locator)
-    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
+    formatter = ConciseDateFormatter(locator, tz=UTC)  # type: ignore[no-untyped-call]
+    axes[-1].xaxis.set_major_formatter(formatter)
     _legend(fig)
     left_out = len(result.setup.services) - len({s for s, _ in pairs})
     title = (

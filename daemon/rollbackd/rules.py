@@ -26,7 +26,8 @@ from rollbackd.config import Rule
 # ----------------------------------------------------------------------------- selectors
 
 _MATCHER = re.compile(
-    r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)\s*"""
+    r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"""  # label name and operator
+    r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)\s*"""  # a quoted value
 )
 _REGEX_SPECIAL = re.compile(r"([\\.^$*+?()\[\]{}|])")
 

@@ -351,7 +351,8 @@ class CloudRunServiceTarget:
         ).with_timeout(self.config.operation_timeout)
         try:
             # The api_core future is untyped; its result is the updated Service.
-            updated: run_v2.Service = operation.result(polling=policy)  # type: ignore[no-untyped-call]
+            wait = operation.result
+            updated: run_v2.Service = wait(polling=policy)  # type: ignore[no-untyped-call]
         except concurrent.futures.TimeoutError as exc:
             raise TemporaryTargetError(
                 "operation_timeout",
@@ -546,7 +547,8 @@ def _credentials(config: CloudRunTarget) -> Credentials:
     if config.credentials_file:
         # google-auth is untyped here; both calls return Credentials.
         key_file = service_account.Credentials.from_service_account_file
-        creds: Credentials = key_file(config.credentials_file, scopes=SCOPES)  # type: ignore[no-untyped-call]
+        path = config.credentials_file
+        creds: Credentials = key_file(path, scopes=SCOPES)  # type: ignore[no-untyped-call]
         return creds
     if config.api_endpoint and _is_loopback_http(config.api_endpoint):
         return AnonymousCredentials()  # type: ignore[no-untyped-call]
