@@ -158,7 +158,6 @@ class Daemon:
         self.prometheus_up = False
         self.ticks = 0
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._verify_detail: dict[str, str] = {}
         self._limit = asyncio.Semaphore(READ_CONCURRENCY)
         self._probe_limit = asyncio.Semaphore(settings.probe_concurrency)
         for name in self.services:
@@ -262,7 +261,8 @@ class Daemon:
             prometheus_down=prometheus_down,
         )
         plan = self.decider.tick(self.state, observations, ctx)
-        await self._verify(now, plan)
+        if leader:  # a follower's copy of the state is the leader's to change
+            await self._verify(now, plan)
         self.apply(plan, now=now, leader=leader)
         self.save()
         for order in plan.rollbacks:
@@ -290,9 +290,9 @@ class Daemon:
             self.event(event.name, at=now, closing=closed, **event.fields)
             if event.name in ("decision", "verification", "incident_resolved"):
                 touched.add(event.fields["service"])
-        reports = self._write_reports(touched, closed)
         if not leader:
             return
+        reports = self._write_reports(touched, closed)
         for page in plan.pages:
             if page.resolve and page.service in reports:
                 page.fields["report"] = reports[page.service]
