@@ -190,17 +190,6 @@ class Decider:
                 svc.revision_error_since = ctx.now
             svc.revision_error = reading.error or "unreadable"
             return
-        if svc.revision_error is not None and svc.revision_error_paged:
-            plan.pages.append(
-                self._page(
-                    name,
-                    svc,
-                    "sight_restored",
-                    "info",
-                    f"{name}: the running revision can be read again",
-                    ctx,
-                )
-            )
         svc.revision_error = None
         svc.revision_error_since = None
         svc.revision_error_paged = False
@@ -418,6 +407,7 @@ class Decider:
             if svc.blind_since is not None:
                 plan.event("blind", service=name, blind=False, lasted=ctx.now - svc.blind_since)
                 if svc.blind_paged:
+                    # Resolves the blind page's own incident, never a rule's incident.
                     plan.pages.append(
                         self._page(
                             name,
@@ -426,6 +416,8 @@ class Decider:
                             "info",
                             f"{name}: monitoring is back; automatic rollbacks are possible again",
                             ctx,
+                            resolve=True,
+                            incident=_blind_incident(name, svc.blind_since),
                         )
                     )
             svc.blind_since, svc.blind_paged = None, False
@@ -448,6 +440,7 @@ class Decider:
                     "warning",
                     f"{name}: rollbackd is blind ({reason}); automatic rollbacks are on hold",
                     ctx,
+                    incident=_blind_incident(name, svc.blind_since),
                     reason=reason,
                 )
             )
@@ -900,10 +893,17 @@ class Decider:
         resolve: bool = False,
         impact: str | None = None,
         action: str | None = None,
+        incident: str | None = None,
         **fields: Any,
     ) -> Page:
-        incident = svc.incident.id if svc.incident else f"{name}-{stage}-{int(ctx.now)}"
+        if incident is None:
+            incident = svc.incident.id if svc.incident else f"{name}-{stage}-{int(ctx.now)}"
         return Page(stage, name, severity, summary, incident, dict(fields), resolve, impact, action)
+
+
+def _blind_incident(name: str, since: float) -> str:
+    """One incident per blind spell, apart from any regression's incident."""
+    return f"{name}-blind-{int(since)}"
 
 
 def _config_edited(before: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -68,7 +68,8 @@ def test_routing_admits_by_impact_action_service_and_mode() -> None:
     assert not routes(LogChannel(kind="log", mode=["enforce"]), page)
     assert routes(LogChannel(kind="log", services=["codex-*"]), page)
     assert not routes(LogChannel(kind="log", services=["billing"]), page)
-    assert not routes(LogChannel(kind="log", impact=["high"]), notification("blind", impact=None))
+    # Notices about rollbackd itself (blind) have no impact and pass impact filters.
+    assert routes(LogChannel(kind="log", impact=["high"]), notification("blind", impact=None))
 
 
 async def test_shadow_goes_to_slack_only_while_enforce_pages_pagerduty(

@@ -596,3 +596,18 @@ def test_deploy_made_while_the_daemon_was_down_is_not_blamed_for_a_later_outage(
     world.tick(0.5)
     decision = world.decisions()[-1]
     assert (decision["attribution"], decision["action"]) == ("external", "page")
+
+
+def test_blind_page_is_its_own_incident_and_resolves_when_sight_returns() -> None:
+    """The blind page and its all-clear share an incident apart from any regression."""
+    world = World(blind_after=20).baked()
+    world.tick(0.5)  # a regression incident is open
+    world.run(4, readings={"errors": Reading(no_data="error")})
+    world.tick(0.0)
+    pages = [p for plan in world.plans for p in plan.pages]
+    [blind] = [p for p in pages if p.stage == "blind"]
+    [restored] = [p for p in pages if p.stage == "sight_restored"]
+    regression = next(p for p in pages if p.stage == "page")
+    assert restored.incident == blind.incident != regression.incident
+    assert restored.resolve is True
+    assert blind.resolve is False

@@ -77,17 +77,20 @@ def routes(config: ChannelBase, notification: Notification) -> bool:
     """Whether the channel's routing admits ``notification``; an empty list admits all.
 
     ``services`` entries may be shell patterns (``checkout-*``). A notification that
-    has no impact or action (monitoring went blind, say) passes only a channel that
-    does not filter on it.
+    has no impact or action (monitoring went blind, say) passes impact and action
+    filters; mode and service filters still apply.
     """
     if notification.fields.get("change") == "deploy" and not (
         isinstance(config, PagerDutyChannel) and config.change_events
     ):
         # Deploy notices exist for PagerDuty's change timeline; chat channels would drown.
         return False
-    if config.impact and notification.impact not in config.impact:
+    # A notice without impact or action is about rollbackd itself (blind, reminders):
+    # impact and action filters do not hold it back, or "rollbackd is blind" could
+    # never reach the channel that pages for high impact.
+    if config.impact and notification.impact and notification.impact not in config.impact:
         return False
-    if config.action and notification.action not in config.action:
+    if config.action and notification.action and notification.action not in config.action:
         return False
     if config.mode and notification.mode not in config.mode:
         return False
