@@ -30,6 +30,7 @@ from rollbackd import app
 from rollbackd.config import ConfigError, LogChannel
 from rollbackd.loop import Daemon
 from rollbackd.notify.base import Notification
+from rollbackd.notify.dispatch import routes
 from rollbackd.notify.templates import render
 from rollbackd.promserver import PrometheusNotInstalled, PrometheusServer
 from rollbackd.record import configure_logging
@@ -191,9 +192,12 @@ def show_messages(daemon: Daemon, narrator: Narrator) -> None:
     submit = daemon.pager.submit
     style = LogChannel(kind="log")
 
+    channels = daemon.settings.notify
+
     def submit_and_show(notification: Notification) -> Any:
-        text = render(style, notification)
-        narrator.say("message:\n" + textwrap.indent(text, "          | "))
+        if any(routes(channel, notification) for channel in channels):
+            text = render(style, notification)
+            narrator.say("message:\n" + textwrap.indent(text, "          | "))
         return submit(notification)
 
     daemon.pager.submit = submit_and_show  # type: ignore[method-assign]
