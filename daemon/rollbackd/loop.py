@@ -228,6 +228,11 @@ class Daemon:
     # ------------------------------------------------------------------ one tick
 
     async def tick(self) -> Plan:
+        # Every line of this tick, and of the rollbacks it starts, carries its number.
+        with structlog.contextvars.bound_contextvars(tick=self.ticks + 1):
+            return await self._tick()
+
+    async def _tick(self) -> Plan:
         started = time.monotonic()
         now = self.clock()
         leader = bool(self.leadership.is_leader)

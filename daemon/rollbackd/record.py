@@ -96,13 +96,15 @@ class Recorder:
         """Record one event; returns it as written (scrubbed), for listeners and tests."""
         if at is None and self._clock is not None:
             at = self._clock()
-        record: dict[str, Any] = {"event": name, "ts": utc_iso(at), **fields}
+        context = structlog.contextvars.get_contextvars()
+        record: dict[str, Any] = {"event": name, "ts": utc_iso(at), **context, **fields}
         record = redact(_clean(record))
         with self._lock:
             if self._audit is not None:
                 self._audit.write(json.dumps(record, default=str) + "\n")
                 self._audit.flush()
-        payload = {k: v for k, v in record.items() if k != "event"}
+        # The bound context is already in the record; structlog would add it again.
+        payload = {k: v for k, v in record.items() if k != "event" and k not in context}
         self._log.info(name, **payload)
         for listener in self.listeners:
             listener(record)
