@@ -187,6 +187,51 @@ def _advance(
             schedule.setdefault(service, []).append((since, newest))
 
 
+async def target_schedules(
+    settings: Settings, services: Sequence[str], *, start: float, end: float
+) -> tuple[dict[str, list[tuple[float, str]]], list[str]]:
+    """Revision histories the targets keep (Kubernetes ReplicaSets, Cloud Run revisions).
+
+    A revision counts from its creation until the next one's: the targets date deploys,
+    not traffic shifts, so rollbacks made in the range are not in these schedules.
+    """
+    from rollbackd.targets import build_target
+    from rollbackd.targets.base import TargetError
+
+    wanted = set(services)
+    schedule: dict[str, list[tuple[float, str]]] = {}
+    warnings: list[str] = []
+    for service in settings.services:
+        if service.name not in wanted or service.target.kind in ("exec", "github-actions"):
+            continue
+        try:
+            target = build_target(service)
+        except Exception as exc:  # a target that cannot be built here only loses history
+            warnings.append(f"{service.name}: no revision history from the target: {exc}")
+            continue
+        try:
+            history = await target.revision_history()  # type: ignore[attr-defined]
+        except TargetError as exc:
+            warnings.append(f"{service.name}: no revision history from the target: {exc}")
+            continue
+        finally:
+            await target.aclose()
+        schedule_of = history_schedule(history, start=start, end=end)
+        if schedule_of:
+            schedule[service.name] = schedule_of
+    return schedule, warnings
+
+
+def history_schedule(
+    history: Sequence[tuple[float, str]], *, start: float, end: float
+) -> list[tuple[float, str]]:
+    """The revision running at ``start`` and every one created until ``end``."""
+    before = [revision for at, revision in history if at <= start]
+    schedule = [(start, before[-1])] if before else []
+    schedule.extend((at, revision) for at, revision in history if start < at <= end)
+    return schedule
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -304,8 +349,16 @@ async def run_backtest(
                 )
     else:
         schedule = {}
+    missing = [name for name in setup.services if name not in schedule]
+    if missing:
+        kept, problems = await target_schedules(settings, missing, start=first, end=end)
+        schedule.update(kept)
+        warnings.extend(problems)
+    unknown = [name for name in setup.services if name not in schedule]
+    if unknown and (options is None or not options.revision_metric):
         warnings.append(
-            "no backtest.revision_metric configured: revisions are unknown, so no firing is "
+            f"{', '.join(unknown)}: no backtest.revision_metric configured and no revision "
+            "history kept by the target: revisions are unknown, so no firing is "
             "deploy-related"
         )
 

@@ -65,6 +65,19 @@ async def test_revision_names_the_replicaset_number_and_images(
     assert revision.detail["replicaset"] == f"{NAME}-{v2}"
 
 
+async def test_revision_history_lists_kept_replicasets_by_creation(
+    standin: KubeStandIn, target: KubernetesDeployment
+) -> None:
+    """Backtests get each kept ReplicaSet's hash, oldest first, dated by its creation."""
+    v1, v2, v3 = await deploy_versions(standin, target, V1, V2, V3)
+
+    history = await target.revision_history()
+
+    assert [revision for _at, revision in history] == [v1, v2, v3]
+    times = [at for at, _revision in history]
+    assert times == sorted(times)
+
+
 async def test_revision_number_and_images_reach_the_decision_events(
     standin: KubeStandIn, target: KubernetesDeployment
 ) -> None:

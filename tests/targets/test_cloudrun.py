@@ -57,6 +57,21 @@ async def test_revision_is_the_one_serving_traffic_with_its_image(
     await target.aclose()
 
 
+async def test_revision_history_lists_revisions_by_creation(standin: CloudRunStandIn) -> None:
+    """Backtests get every revision Cloud Run keeps, oldest first, dated by creation."""
+    revs = standin.add_service(SERVICE, ["img:v1", "img:v2"])
+    standin.deploy(SERVICE, "img:v3")
+    target = target_for(standin)
+
+    history = await target.revision_history()
+    await target.aclose()
+
+    names = [revision for _at, revision in history]
+    assert names[:2] == [r.rsplit("/", 1)[-1] for r in revs]
+    assert len(names) == 3
+    assert [at for at, _ in history] == sorted(at for at, _ in history)
+
+
 async def test_split_traffic_is_reported_and_attributed_to_the_newest_revision(
     standin: CloudRunStandIn,
 ) -> None:

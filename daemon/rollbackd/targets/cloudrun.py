@@ -248,6 +248,22 @@ class CloudRunServiceTarget:
 
     # ------------------------------------------------------------------ the work (threads)
 
+    async def revision_history(self) -> list[tuple[float, str]]:
+        """When each revision Cloud Run keeps was created, oldest first: for backtests.
+
+        Creation is when a deploy made the revision; traffic shifts (a rollback, a
+        canary) leave no date, so the history assumes each revision served from its
+        creation until the next one was created.
+        """
+        return await self._run(self._list_history, action="list revisions")
+
+    def _list_history(self) -> list[tuple[float, str]]:
+        history = [
+            (revision.create_time.timestamp(), _short(revision.name))
+            for revision in self._revisions().list_revisions(parent=self.name)
+        ]
+        return sorted(history)
+
     def _read_serving(self) -> tuple[run_v2.Service, dict[str, datetime]]:
         """The service and the creation time of each revision with traffic."""
         service = self._get_service()

@@ -440,6 +440,23 @@ class KubernetesDeployment:
     def _label(self, facts: dict[str, Any]) -> str:
         return f"revision {facts['revision_number']} ({facts['image'] or 'no image'})"
 
+    async def revision_history(self) -> list[tuple[float, str]]:
+        """When each kept ReplicaSet was created, oldest first: deploys, for backtests.
+
+        Kubernetes keeps ``revisionHistoryLimit`` ReplicaSets and dates each by its
+        creation. A rollback re-uses an old ReplicaSet and leaves no date of its own,
+        so rollbacks (and anything older than the kept history) are not in it.
+        """
+        snapshot = await self._snapshot()
+        dated = []
+        for replica_set in snapshot.replica_sets:
+            created = parse_time(replica_set["metadata"].get("creationTimestamp"))
+            if created is not None:
+                # Creation times have one-second resolution: the number breaks ties.
+                number = revision_number(replica_set)
+                dated.append((created.timestamp(), number, template_hash(replica_set)))
+        return [(at, revision) for at, _number, revision in sorted(dated)]
+
     async def current_revision(self) -> Revision:
         """The ReplicaSet running the Deployment's template, with what changed."""
         snapshot = await self._snapshot()
