@@ -223,15 +223,16 @@ class LeaseElector:
             self._leading = False
             self._log.warning("leadership_lost", holder=self.holder, next="following; acting stops")
 
+    async def _read_lease(self) -> dict[str, Any]:
+        lease: dict[str, Any] = await request_json(
+            self._api.read_namespaced_lease, self.name, self.namespace, timeout=self._timeout
+        )
+        return lease
+
     async def _acquire_or_renew(self) -> bool:
         """One attempt; False when another replica holds a valid Lease or the API failed."""
         try:
-            lease = await request_json(
-                self._api.read_namespaced_lease,
-                self.name,
-                self.namespace,
-                timeout=self._timeout,
-            )
+            lease = await self._read_lease()
         except KUBE_ERRORS as exc:
             if failure_of(exc).reason == "not_found":
                 return await self._create()
@@ -314,12 +315,7 @@ class LeaseElector:
     async def _release(self) -> None:
         """Hand the Lease back (no holder), so a follower need not wait for it to expire."""
         try:
-            lease = await request_json(
-                self._api.read_namespaced_lease,
-                self.name,
-                self.namespace,
-                timeout=self._timeout,
-            )
+            lease = await self._read_lease()
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
