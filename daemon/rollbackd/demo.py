@@ -39,8 +39,8 @@ from rollbackd.sim import Behaviour, Fleet
 DEADLINE = 110.0
 SERVICE = "codex-api"
 
-RULES = """\
-group: demo
+RULES_TEMPLATE = """\
+group: GROUP
 rules:
   - name: error-rate-high
     impact: high
@@ -48,7 +48,7 @@ rules:
       sum {{by}} (rate(http_requests_total{ {{selector}}, code=~"5.." }[10s]))
         / sum {{by}} (rate(http_requests_total{ {{selector}} }[10s]))
     above: 0.10
-    for: 3s
+    for: HOLD
     min_traffic: 'sum {{by}} (rate(http_requests_total{ {{selector}} }[10s])) > 1'
   - name: latency-regression
     impact: medium
@@ -64,6 +64,14 @@ rules:
     window: 10s
     for: 3s
 """
+
+
+def demo_rules(*, hold: str = "3s", group: str = "demo") -> str:
+    """The shipped rules with short windows: 10 s rates, ``hold`` on the error rate.
+
+    The integration tests use them too, so the demo and the tests tell one story.
+    """
+    return RULES_TEMPLATE.replace("GROUP", group).replace("HOLD", hold)
 
 
 def _config(folder: Path, *, fleet: Fleet, prometheus_url: str) -> Path:
@@ -111,7 +119,7 @@ def _config(folder: Path, *, fleet: Fleet, prometheus_url: str) -> Path:
             ],
         },
     }
-    (folder / "rules.yaml").write_text(RULES, encoding="utf-8")
+    (folder / "rules.yaml").write_text(demo_rules(), encoding="utf-8")
     path = folder / "config.yaml"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rollbackd.demo import demo_rules
 from rollbackd.sim import Fleet
 
 __all__ = [
@@ -52,32 +53,6 @@ POLL = 0.1
 REPO = Path(__file__).resolve().parents[2]
 
 # The shipped rules (rules/default.yaml) with windows short enough for a test:
-# 10 s rates, a hold of HOLD (filled in per test) on the error rate, 3 s on the probe.
-RULES = """\
-group: integration
-rules:
-  - name: error-rate-high
-    impact: high
-    query: |
-      sum {{by}} (rate(http_requests_total{ {{selector}}, code=~"5.." }[10s]))
-        / sum {{by}} (rate(http_requests_total{ {{selector}} }[10s]))
-    above: 0.10
-    for: HOLD
-    min_traffic: 'sum {{by}} (rate(http_requests_total{ {{selector}} }[10s])) > 1'
-  - name: latency-regression
-    impact: medium
-    query: |
-      histogram_quantile(0.95,
-        sum {{by_le}} (rate(http_request_duration_seconds_bucket{ {{selector}} }[10s])))
-    above_baseline: 1.5
-    for: 5s
-  - name: health-failing
-    impact: high
-    probe: health
-    failure_ratio_above: 0.5
-    window: 10s
-    for: 3s
-"""
 
 
 def write_config(
@@ -144,7 +119,7 @@ def write_config(
         },
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rules.yaml").write_text(RULES.replace("HOLD", hold), encoding="utf-8")
+    (folder / "rules.yaml").write_text(demo_rules(hold=hold, group="integration"), encoding="utf-8")
     path = folder / "config.yaml"
     # JSON is YAML; no writer needed.
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
